@@ -1,0 +1,94 @@
+"""What every pluggable component shares: a registered ``name``, a pydantic ``Params`` model and
+declared capabilities.
+
+A component is built the same way from Python and from a spec::
+
+    VPSDE(beta_min=0.1, beta_max=20.0)          # keyword arguments, validated by VPSDE.Params
+    VPSDE(VPSDE.Params(beta_min=0.1))           # or an already validated Params instance
+
+Both routes validate through ``Params`` (``extra="forbid"``, no NaN/Inf), so a typo in Python fails
+exactly like a typo in a YAML spec.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
+
+from diffcore.errors import SpecError
+
+
+class Params(BaseModel):
+    """Base of every component's parameter model.
+
+    Unknown fields are rejected, NaN and Inf are rejected, and a boolean is never silently read as
+    a number (``steps: true`` is an error, not ``steps: 1``).
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+                    raise PydanticCustomError(
+                        "bool_as_number", "expected a number, got the boolean {value}", {"value": value},
+                    )
+        return data
+
+
+class Component(metaclass=abc.ABCMeta):
+    """Base of every pluggable component (processes, models, objectives, samplers, guidance).
+
+    Subclasses set the class attributes:
+
+    - ``name``: the registered name used as ``type`` in specs (lowercase, ``[a-z0-9_]``);
+    - ``Params``: a :class:`Params` subclass with the component's parameters and defaults;
+    - ``requires``: capabilities the *process* it is assembled with must declare
+      (e.g. ``{"linear_gaussian"}``); checked once when a pipeline is assembled.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[Params]] = Params
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    params: Params
+
+    def __init__(self, params: Params | None = None, /, **kwargs: Any) -> None:
+        super().__init__()
+        self.params = _validate(type(self), params, kwargs)
+
+    @classmethod
+    def capabilities(cls) -> frozenset[str]:
+        """Capabilities this component declares (used for compatibility checks and ``list``)."""
+        return frozenset()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+        return f"{type(self).__name__}({fields})"
+
+
+def _validate(cls: type[Component], params: Params | None, kwargs: dict[str, Any]) -> Params:
+    from pydantic import ValidationError
+
+    from diffcore.spec import format_validation_error
+
+    if params is not None and kwargs:
+        raise TypeError(f"{cls.__name__}: pass either a Params instance or keyword arguments")
+    if isinstance(params, cls.Params):
+        return params
+    if params is not None:
+        kwargs = params.model_dump()
+    try:
+        return cls.Params(**kwargs)
+    except ValidationError as exc:
+        raise SpecError(
+            format_validation_error(exc, prefix=getattr(cls, "name", cls.__name__)),
+            problems=[],
+        ) from None

@@ -1,0 +1,53 @@
+"""The one exception hierarchy of diffcore.
+
+Every error raised on purpose by diffcore derives from :class:`DiffcoreError`, and its message says
+what was given, what was expected and how to fix it. The CLI turns any ``DiffcoreError`` into a
+one-paragraph message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class DiffcoreError(Exception):
+    """Base class of every error diffcore raises on purpose."""
+
+
+class SpecError(DiffcoreError, ValueError):
+    """A spec (YAML/JSON file, mapping or ``--set`` override) is malformed.
+
+    ``problems`` lists ``(field path, message)`` pairs; the path is dotted (``sampler.steps``,
+    ``guidance.0.scale``) and empty for the whole document.
+    """
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class UsageError(DiffcoreError, ValueError):
+    """Bad input other than a spec: a latents file of the wrong shape, an impossible option."""
+
+
+class PluginError(DiffcoreError):
+    """A plugin failed to load, raised in its hook, or registered something invalid."""
+
+
+class RegistryError(DiffcoreError, LookupError):
+    """A registry lookup failed: an unknown kind or component name, or a duplicate name."""
+
+
+class CompatibilityError(DiffcoreError, TypeError):
+    """Components that cannot work together were assembled (e.g. DDIM with a non-linear process)."""
+
+
+class SamplingError(DiffcoreError, RuntimeError):
+    """Sampling failed, e.g. NaN or Inf appeared in the state or the score."""
+
+
+class NonFiniteError(SamplingError):
+    """NaN or Inf appeared during sampling; ``step`` and ``t`` say where it first appeared."""
+
+    def __init__(self, message: str, *, step: int, t: float) -> None:
+        super().__init__(message)
+        self.step = step
+        self.t = t

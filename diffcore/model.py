@@ -1,0 +1,83 @@
+"""Score models: networks or analytic models evaluated as ``(x, t, cond) -> output``.
+
+A model declares what its output means (:data:`OutputKind`); :func:`to_score` converts any kind into
+the score ``grad_x log p_t(x)`` for any linear-Gaussian process, so samplers only ever see scores.
+With ``x_t = alpha x_0 + sigma eps`` (seed 003 for the eps form, Salimans & Ho 2022 for v):
+
+==========  ===========================  ==========================================
+kind        the model predicts           score
+==========  ===========================  ==========================================
+score       ``grad log p_t(x)``          itself
+eps         the noise ``eps``            ``-eps / sigma``
+x0          the clean data ``x_0``       ``(alpha x0 - x) / sigma^2`` (Tweedie)
+v           ``alpha eps - sigma x_0``    via ``x0 = (alpha x - sigma v) / (alpha^2 + sigma^2)``
+==========  ===========================  ==========================================
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Literal, get_args
+
+from torch import Tensor, nn
+
+from diffcore.component import Component
+from diffcore.errors import CompatibilityError
+from diffcore.process import ForwardProcess, LinearGaussianProcess
+from diffcore.utils import bcast
+
+if TYPE_CHECKING:
+    from diffcore.process import ScoreFn
+
+OutputKind = Literal["score", "eps", "x0", "v"]
+OUTPUT_KINDS: tuple[str, ...] = get_args(OutputKind)
+
+
+class ScoreModel(Component, nn.Module):
+    """A score model: ``forward(x, t, cond=None)`` with ``x`` ``(B, *event)``, ``t`` ``(B,)`` and an
+    optional ``cond`` ``(B, ...)`` returns ``(B, *event)`` of kind :attr:`output`.
+
+    Analytic models that need the process (the Gaussian-mixture model computes the exact score of
+    ``p_t``) receive it through :meth:`bind`, called once when a pipeline is assembled.
+    ``event_shape`` may be set by models that know their data shape, so specs need not state it.
+    """
+
+    output: OutputKind = "score"
+    event_shape: tuple[int, ...] | None = None
+
+    def bind(self, process: ForwardProcess) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Called with the process when the model is assembled into a pipeline."""
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Model output of kind :attr:`output`, shape ``(B, *event)``."""
+
+
+def to_score(output: Tensor, kind: str, x: Tensor, t: Tensor, process: ForwardProcess) -> Tensor:
+    """Convert a model output of ``kind`` at ``(x, t)`` to the score; shapes ``(B, *event)``."""
+    if kind == "score":
+        return output
+    if not isinstance(process, LinearGaussianProcess):
+        raise CompatibilityError(
+            f"a model with output {kind!r} needs a linear-Gaussian process to be turned into a score, "
+            f"but {type(process).__name__} is not; use a model with output 'score'"
+        )
+    alpha, sigma = bcast(process.alpha(t), x), bcast(process.sigma(t), x)
+    if kind == "eps":
+        return -output / sigma
+    if kind == "x0":
+        x0 = output
+    elif kind == "v":
+        x0 = (alpha * x - sigma * output) / (alpha**2 + sigma**2)
+    else:
+        raise CompatibilityError(f"unknown model output kind {kind!r}; expected one of {OUTPUT_KINDS}")
+    return (alpha * x0 - x) / sigma**2
+
+
+def score_function(model: ScoreModel, process: ForwardProcess, cond: Tensor | None = None) -> ScoreFn:
+    """The score ``(x, t) -> (B, *event)`` of ``model`` under ``process``, conditioned on ``cond``."""
+
+    def score(x: Tensor, t: Tensor) -> Tensor:
+        return to_score(model(x, t, cond), model.output, x, t, process)
+
+    return score

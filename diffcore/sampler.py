@@ -1,0 +1,123 @@
+"""Samplers: turn prior draws at ``T`` into data samples at ``t_min`` with a score function.
+
+Samplers are stateless: :meth:`Sampler.sample` keeps everything it needs in local variables, so one
+sampler object serves concurrent callers. Every sampler counts score evaluations (NFE) and stops
+with :class:`~diffcore.errors.NonFiniteError` at the first NaN or Inf, naming the step and time.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from diffcore.component import Component
+from diffcore.errors import CompatibilityError, NonFiniteError
+from diffcore.noise import NoiseSource
+from diffcore.process import ForwardProcess, ScoreFn
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a sampler reports to a callback after each step: state ``x`` ``(B, *event)`` at time ``t``."""
+
+    step: int
+    t: float
+    x: Tensor
+
+
+Callback = Callable[[StepInfo], None]
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """Samples ``x`` ``(B, *event)``, the number of score evaluations and of solver steps (``None``
+    where the solver does not report them, e.g. adaptive torchdiffeq methods)."""
+
+    x: Tensor
+    nfe: int
+    steps: int | None
+
+
+class CountedScore:
+    """A score function that counts its evaluations and rejects non-finite inputs and outputs."""
+
+    def __init__(self, score_fn: ScoreFn) -> None:
+        self.score_fn = score_fn
+        self.nfe = 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        check_finite(x, f"the state at score evaluation {self.nfe}", step=self.nfe, t=t)
+        s = self.score_fn(x, t)
+        check_finite(s, f"the score at evaluation {self.nfe}", step=self.nfe, t=t)
+        return s
+
+
+def check_finite(x: Tensor, what: str, *, step: int, t: Tensor | float) -> None:
+    """Raise :class:`NonFiniteError` if ``x`` holds NaN or Inf."""
+    if not bool(torch.isfinite(x).all()):
+        t_val = float(t.reshape(-1)[0]) if isinstance(t, Tensor) else float(t)
+        bad = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).sum())
+        raise NonFiniteError(
+            f"NaN or Inf in {what} (step {step}, t={t_val:.6g}) for {bad} of {x.shape[0]} samples; "
+            "check the model, or use more steps or a larger t_min",
+            step=step, t=t_val,
+        )
+
+
+def uniform_grid(t_start: float, t_end: float, steps: int, *, device: torch.device,
+                 dtype: torch.dtype = torch.float64) -> Tensor:
+    """``steps + 1`` equally spaced times from ``t_start`` to ``t_end`` (either direction)."""
+    return torch.linspace(t_start, t_end, steps + 1, device=device, dtype=dtype)
+
+
+class Sampler(Component, abc.ABC):
+    """Base of all samplers.
+
+    Implementers write :meth:`run`; the base checks compatibility, counts NFE, checks the final state
+    and packs the :class:`SampleResult`. ``requires`` names the capabilities the process must
+    declare (e.g. ``{"linear_gaussian"}`` for samplers written against ``alpha`` and ``sigma``).
+    """
+
+    def sample(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
+               *, callback: Callback | None = None) -> SampleResult:
+        """Integrate from ``x_T`` ``(B, *event)`` at ``process.T`` down to ``process.t_min``.
+
+        ``noise`` must have one row per sample of ``x_T``; samplers draw all their randomness from
+        it (``noise.normal(event_shape, step=i)``), never from a global generator.
+        """
+        check_compatible(self, process)
+        if noise.batch_size != x_T.shape[0]:
+            raise ValueError(f"noise has {noise.batch_size} rows but x_T has {x_T.shape[0]}")
+        counted = CountedScore(score_fn)
+        x, steps = self.run(counted, process, x_T, noise, callback)
+        check_finite(x, "the final samples", step=steps or counted.nfe, t=process.t_min)
+        return SampleResult(x=x, nfe=counted.nfe, steps=steps)
+
+    @abc.abstractmethod
+    def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
+            callback: Callback | None) -> tuple[Tensor, int | None]:
+        """Return the samples ``(B, *event)`` and the number of steps taken (``None``: unknown)."""
+
+    @staticmethod
+    def report(callback: Callback | None, step: int, t: float, x: Tensor) -> None:
+        """Check the state after ``step`` and pass it to the callback, if any."""
+        check_finite(x, f"the state after step {step}", step=step, t=t)
+        if callback is not None:
+            callback(StepInfo(step=step, t=t, x=x))
+
+
+def check_compatible(component: Component, process: ForwardProcess) -> None:
+    """Raise :class:`CompatibilityError` if ``process`` lacks a capability ``component`` requires."""
+    missing = component.requires - process.capabilities()
+    if missing:
+        raise CompatibilityError(
+            f"{type(component).__name__} ({getattr(component, 'name', '?')!r}) requires a process with "
+            f"{', '.join(sorted(missing))}, but process {getattr(process, 'name', '?')!r} declares "
+            f"{sorted(process.capabilities()) or 'no capabilities'}; choose another sampler or process"
+        )
+

@@ -1,0 +1,398 @@
+"""Declarative specs: YAML or JSON documents naming registered components.
+
+A pipeline spec::
+
+    process: {type: vp, beta_min: 0.1, beta_max: 20.0}
+    model:   {type: gmm, weights: [0.5, 0.5], means: [[-2, 0], [2, 0]], variances: [[1, 1], [1, 1]]}
+    sampler: {type: euler_maruyama, steps: 1000}
+
+Each component is ``{type: <registered name>, ...params}``; the params are validated by the
+component's own pydantic ``Params`` (unknown fields, NaN/Inf and wrong types are errors that carry
+the field path). The spec model is built from the live registry (a discriminated union per kind),
+cached per registry generation, so third-party components validate and appear in the JSON Schema
+exactly like the standard ones. A spec never names an import path, and YAML is read with a safe
+loader: a ``!!python/...`` tag is an error, never code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationError, create_model
+
+from diffcore.errors import RegistryError, SpecError
+from diffcore.registry import Entry, Registry, get_registry, unknown_name_message
+
+MAX_SPEC_BYTES = 1 << 20
+COMPONENT_FIELDS: dict[str, str] = {"process": "process", "model": "model", "sampler": "sampler"}
+"""Spec fields holding exactly one component, and the kind of each."""
+LIST_FIELDS: dict[str, str] = {"guidance": "guidance"}
+"""Spec fields holding a list of components, and the kind of each."""
+_FIELD_KIND = {**COMPONENT_FIELDS, **LIST_FIELDS}
+
+
+class PipelineSpecBase(BaseModel):
+    """Base of the registry-built pipeline spec model (see :func:`pipeline_spec_model`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def component(self, field: str) -> tuple[str, dict[str, Any]]:
+        """``(type, params)`` of a single-component field such as ``"sampler"``."""
+        data = dict(getattr(self, field).model_dump())
+        return data.pop("type"), data
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the spec model from the registry
+# ---------------------------------------------------------------------------------------------
+
+
+def component_spec_model(entry: Entry) -> type[BaseModel]:
+    """``{type: <name>, ...Params}`` for one registered component."""
+    doc = (entry.cls.__doc__ or "").strip().split("\n\n")[0]
+    model: type[BaseModel] = create_model(
+        f"{entry.kind.capitalize()}_{entry.name}",
+        __base__=entry.cls.Params,
+        __doc__=f"{entry.kind} {entry.name!r} (plugin {entry.plugin!r}). {doc}".strip(),
+        type=(Literal[entry.name], Field(description=f"Registered {entry.kind} name.")),  # type: ignore[valid-type]
+    )
+    return model
+
+
+def kind_type(registry: Registry, kind: str) -> Any:
+    """The pydantic type accepting any registered component of ``kind``."""
+    models = [component_spec_model(e) for e in registry.entries(kind)]
+    if not models:
+        def none_registered(value: Any) -> Any:
+            raise ValueError(f"no {kind} is registered; install a plugin that provides one "
+                             "(`diffcore plugins` lists what is loaded)")
+        return Annotated[dict[str, Any], BeforeValidator(none_registered)]
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007
+
+
+_cache: weakref.WeakKeyDictionary[Registry, tuple[int, type[PipelineSpecBase]]] = weakref.WeakKeyDictionary()
+
+
+def pipeline_spec_model(registry: Registry | None = None) -> type[PipelineSpecBase]:
+    """The pipeline spec model for ``registry`` (default: the process-wide one), rebuilt only when
+    the registry changed."""
+    registry = registry or get_registry()
+    cached = _cache.get(registry)
+    if cached is not None and cached[0] == registry.generation:
+        return cached[1]
+    fields: dict[str, Any] = {
+        field: (kind_type(registry, kind), Field(description=f"The {kind}: {{type: <name>, ...params}}."))
+        for field, kind in COMPONENT_FIELDS.items()
+    }
+    for field, kind in LIST_FIELDS.items():
+        fields[field] = (list[kind_type(registry, kind)], Field(  # type: ignore[misc]
+            default_factory=list, description=f"{kind.capitalize()} components, applied in order."))
+    fields["shape"] = (tuple[PositiveInt, ...], Field(
+        default=(), description="Shape of one sample; empty: the model's own event shape."))
+    model = create_model(
+        "PipelineSpec", __base__=PipelineSpecBase,
+        __doc__="A diffcore pipeline: a forward process, a score model and a sampler.", **fields,
+    )
+    _cache[registry] = (registry.generation, model)
+    return model
+
+
+def json_schema(registry: Registry | None = None) -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of the pipeline spec, third-party components included."""
+    schema = pipeline_spec_model(registry).model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading documents
+# ---------------------------------------------------------------------------------------------
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also rejects duplicate keys (plain PyYAML keeps the last silently)."""
+
+
+def _construct_mapping(loader: _SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if not isinstance(key, str | int | float | bool) and key is not None:
+            raise SpecError(f"line {key_node.start_mark.line + 1}: a mapping key must be a plain "
+                            f"value, got {type(key).__name__}")
+        if key in mapping:
+            raise SpecError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}; "
+                            "keep one of the two entries")
+        mapping[key] = loader.construct_object(value_node, deep=deep)  # type: ignore[no-untyped-call]
+    return mapping
+
+
+_SafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_text(text: str, *, source: str = "<spec>", fmt: Literal["yaml", "json"] = "yaml") -> Any:
+    """Parse spec text safely. JSON is also valid YAML; ``fmt="json"`` uses the strict JSON parser."""
+    if len(text.encode()) > MAX_SPEC_BYTES:
+        raise SpecError(f"{source}: the spec is larger than {MAX_SPEC_BYTES} bytes; specs are small "
+                        "documents, pass data through a dataset component instead")
+    try:
+        if fmt == "json":
+            return json.loads(text, object_pairs_hook=_json_pairs)
+        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - _SafeLoader derives from SafeLoader
+    except SpecError as exc:
+        raise SpecError(f"{source}: {exc}") from None
+    except yaml.constructor.ConstructorError as exc:
+        raise SpecError(f"{source}: {_yaml_where(exc)}unsupported YAML tag or value ({exc.problem}); "
+                        "specs hold plain mappings, lists, strings and numbers only") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source}: not valid YAML: {_yaml_where(exc)}"
+                        f"{getattr(exc, 'problem', None) or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{source}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: the document is nested too deeply to be a spec") from None
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise SpecError(f"duplicate key {key!r}; keep one of the two entries")
+        out[key] = value
+    return out
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+
+
+def read_spec(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``/other) or JSON (``.json``) spec file into a mapping."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {str(path)!r}: {exc.strerror or exc}; check the path") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not UTF-8 text; a spec is a YAML or JSON file") from None
+    fmt: Literal["yaml", "json"] = "json" if path.suffix.lower() == ".json" else "yaml"
+    return as_mapping(parse_text(text, source=str(path), fmt=fmt), source=str(path))
+
+
+def as_mapping(data: Any, *, source: str = "<spec>") -> dict[str, Any]:
+    """Check that a parsed document is a non-empty mapping."""
+    expected = ", ".join(list(COMPONENT_FIELDS) + list(LIST_FIELDS) + ["shape"])
+    if data is None or data == {}:
+        raise SpecError(f"{source}: the spec is empty; it must be a mapping with the keys {expected}")
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{source}: the spec must be a mapping with the keys {expected}, "
+                        f"got {_type_name(data)}")
+    return dict(data)
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``dotted.path=value`` overrides (values parsed as YAML: ``3``, ``0.5``, ``[1, 2]``).
+
+    List items are addressed by index (``guidance.0.scale=2``). Returns a new mapping.
+    """
+    out = json.loads(json.dumps(data, allow_nan=True))  # deep copy of plain data
+    for item in overrides:
+        path, sep, raw = item.partition("=")
+        keys = path.strip().split(".")
+        if not sep or not all(keys):
+            raise SpecError(f"--set {item!r}: expected dotted.path=value, e.g. --set sampler.steps=500")
+        value = parse_text(raw, source=f"--set {path}") if raw.strip() else ""
+        node: Any = out
+        for depth, key in enumerate(keys):
+            last = depth == len(keys) - 1
+            where = ".".join(keys[:depth]) or "the spec"
+            if isinstance(node, dict):
+                if last:
+                    node[key] = value
+                else:
+                    node = node.setdefault(key, {})
+            elif isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise SpecError(f"--set {item!r}: {where} is a list of {len(node)} items; "
+                                    f"use an index from 0 to {len(node) - 1}, not {key!r}")
+                if last:
+                    node[int(key)] = value
+                else:
+                    node = node[int(key)]
+            else:
+                raise SpecError(f"--set {item!r}: {where} is {_type_name(node)}, not a mapping; "
+                                f"set {where} itself")
+    return dict(out)
+
+
+def validate_spec(data: Any, *, registry: Registry | None = None, source: str = "<spec>") -> PipelineSpecBase:
+    """Validate a parsed spec against the registry's spec model; errors name the field and the fix."""
+    registry = registry or get_registry()
+    data = as_mapping(data, source=source)
+    model = pipeline_spec_model(registry)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = describe_errors(exc, data=data, registry=registry)
+        raise SpecError(format_problems(problems, source), problems) from None
+    except RecursionError:
+        raise SpecError(f"{source}: the spec is nested too deeply") from None
+
+
+def load_spec(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = (),
+              *, registry: Registry | None = None) -> PipelineSpecBase:
+    """Read (if a path), apply ``--set`` overrides and validate a pipeline spec."""
+    if isinstance(source, Mapping):
+        data, name = dict(source), "<spec>"
+    else:
+        data, name = read_spec(source), str(source)
+    return validate_spec(apply_overrides(data, overrides), registry=registry, source=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Error messages
+# ---------------------------------------------------------------------------------------------
+
+
+def format_problems(problems: list[tuple[str, str]], source: str) -> str:
+    """One paragraph: ``<source>: invalid spec: `a.b`: message; `c`: message``."""
+    parts = [f"`{path}`: {msg}" if path else msg for path, msg in problems]
+    return f"{source}: invalid spec: " + "; ".join(parts)
+
+
+def format_validation_error(exc: ValidationError, *, prefix: str) -> str:
+    """A validation error of a component's Params (Python construction) as one paragraph."""
+    return format_problems(describe_errors(exc), prefix)
+
+
+def describe_errors(exc: ValidationError, *, data: Any = None,
+                    registry: Registry | None = None) -> list[tuple[str, str]]:
+    """``(dotted path, message with the fix)`` for every error of a validation failure."""
+    out: list[tuple[str, str]] = []
+    errors = exc.errors(include_url=False)
+    for err in errors:
+        loc = _clean_loc(err["loc"], data)
+        path = ".".join(str(p) for p in loc)
+        if err["type"] == "none_required" and len(errors) > 1:
+            continue  # the `None` branch of an optional field; the other branch's error says more
+        msg = _message(err, loc, data, registry)
+        if (path, msg) not in out:
+            out.append((path, msg))
+    return out
+
+
+def _clean_loc(loc: tuple[int | str, ...], data: Any) -> list[int | str]:
+    """Drop pydantic's union-branch labels (the tag of a discriminated union, ``list[int]``...)."""
+    clean: list[int | str] = []
+    node = data
+    for item in loc:
+        if data is not None:
+            if isinstance(node, dict) and isinstance(item, str) and item not in node and (
+                node.get("type") == item or _looks_like_branch(item)):
+                continue
+            if isinstance(node, list) and isinstance(item, str):
+                continue
+        clean.append(item)
+        node = _child(node, item)
+    return clean
+
+
+def _looks_like_branch(item: str) -> bool:
+    return any(c in item for c in "[]-") or item in {"none", "int", "float", "str", "bool"}
+
+
+def _child(node: Any, item: int | str) -> Any:
+    if isinstance(node, dict):
+        return node.get(item)
+    if isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
+        return node[item]
+    return None
+
+
+def _kind_at(loc: list[int | str]) -> str | None:
+    """The component kind of the spec node at ``loc`` (``["sampler"]``, ``["guidance", 0]``)."""
+    if len(loc) == 1 and loc[0] in COMPONENT_FIELDS:
+        return COMPONENT_FIELDS[str(loc[0])]
+    if len(loc) == 2 and loc[0] in LIST_FIELDS and isinstance(loc[1], int):
+        return LIST_FIELDS[str(loc[0])]
+    return None
+
+
+def _allowed_fields(loc: list[int | str], data: Any, registry: Registry | None) -> list[str] | None:
+    if not loc:
+        return list(_FIELD_KIND) + ["shape"]
+    kind = _kind_at(loc)
+    node = data
+    for item in loc:
+        node = _child(node, item)
+    if kind is None or registry is None or not isinstance(node, dict):
+        return None
+    try:
+        cls = registry.get(kind, str(node.get("type")))
+    except RegistryError:
+        return None
+    return ["type", *cls.Params.model_fields]
+
+
+def _message(err: Any, loc: list[int | str], data: Any, registry: Registry | None) -> str:
+    kind, ctx, given = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "union_tag_invalid" or (kind == "literal_error" and loc and loc[-1] == "type"):
+        comp_loc = loc if kind == "union_tag_invalid" else loc[:-1]
+        comp_kind = _kind_at(comp_loc) or "component"
+        tag = ctx.get("tag", given)
+        names = registry.names(comp_kind) if registry is not None and comp_kind in _KINDS_OK else []
+        if kind == "union_tag_invalid":
+            loc.append("type")
+        return unknown_name_message(comp_kind, str(tag), names) + "; set `type` to one of them"
+    if kind == "union_tag_not_found":
+        comp_kind = _kind_at(loc) or "component"
+        names = registry.names(comp_kind) if registry is not None and comp_kind in _KINDS_OK else []
+        loc.append("type")
+        return f"missing `type`; add `type: <name>` with one of: {', '.join(names)}"
+    if kind == "missing":
+        return "required field is missing; add it"
+    if kind == "extra_forbidden":
+        name = str(loc[-1]) if loc else "?"
+        allowed = _allowed_fields(loc[:-1], data, registry)
+        if allowed is None:
+            return "unknown field; remove it"
+        close = difflib.get_close_matches(name, allowed, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown field {name!r}; {hint}allowed fields: {', '.join(allowed)}"
+    if kind in {"model_type", "model_attributes_type", "dict_type"} and _kind_at(loc):
+        return (f"expected a mapping {{type: <name>, ...params}}, got {_type_name(given)}; "
+                f"write e.g. `{loc[0]}: {{type: ...}}`")
+    if kind == "finite_number":
+        return f"must be a finite number, got {given!r}; NaN and Inf are not allowed here"
+    message = err["msg"]
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    return f"{message} (got {_short(given)})" if "input" in err and not isinstance(given, dict) else message
+
+
+_KINDS_OK = set(_FIELD_KIND.values())
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+            dict: "a mapping"}.get(type(value), type(value).__name__)

@@ -1,0 +1,1 @@
+"""Testing support for plugin authors: in-process plugin registration and conformance suites."""

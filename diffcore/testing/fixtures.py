@@ -1,0 +1,1 @@
+"""pytest fixtures, loaded automatically through the ``pytest11`` entry point."""
