@@ -196,5 +196,8 @@ def _time_derivative(fn: Any, t: Tensor) -> Tensor:
     """Elementwise ``d fn(t) / dt`` for a function acting elementwise on ``t`` of shape ``(B,)``."""
     with torch.enable_grad():
         s = t.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(fn(s).sum(), s)
+        out = fn(s)
+        if not out.requires_grad:  # constant in t, e.g. alpha(t) = 1
+            return torch.zeros_like(t)
+        (grad,) = torch.autograd.grad(out.sum(), s)
     return grad.detach()

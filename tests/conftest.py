@@ -1,0 +1,65 @@
+"""Shared test helpers: fabricated plugin distributions, CLI runners, devices."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffcore.registry import reset_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_PLUGIN = ROOT / "tests" / "plugins" / "diffcore-example"
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def write_distribution(root: Path, name: str, version: str, entry_points: dict[str, str],
+                       modules: dict[str, str] | None = None) -> Path:
+    """Make ``root`` look like site-packages holding distribution ``name``: a ``.dist-info`` with
+    its entry points in the ``diffcore`` group, plus the given module sources. Returns ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = ["[diffcore]"] + [f"{k} = {v}" for k, v in entry_points.items()]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    for module, source in (modules or {}).items():
+        (root / f"{module}.py").write_text(source)
+    return root
+
+
+@pytest.fixture(scope="session")
+def example_plugin_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Paths that put tests/plugins/diffcore-example on sys.path as an installed distribution,
+    metadata and entry points read from its own pyproject.toml."""
+    project = tomllib.loads((EXAMPLE_PLUGIN / "pyproject.toml").read_text())["project"]
+    meta = write_distribution(tmp_path_factory.mktemp("example-dist"), project["name"], project["version"],
+                              project["entry-points"]["diffcore"])
+    return [EXAMPLE_PLUGIN, meta]
+
+
+@pytest.fixture
+def fresh_global_registry() -> Iterator[None]:
+    """Forget the process-wide registry before and after the test (env vars and sys.path changes
+    made by the test then take effect on the next lookup)."""
+    reset_registry()
+    yield
+    reset_registry()
+
+
+def run_cli(*args: str, extra_paths: list[Path] = (), env: dict[str, str] | None = None,  # type: ignore[assignment]
+            cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m diffcore ARGS`` in a subprocess with extra ``PYTHONPATH`` entries."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFCORE_")}
+    paths = [str(p) for p in extra_paths] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else [])
+    if paths:
+        full_env["PYTHONPATH"] = os.pathsep.join(paths)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "diffcore", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=600)
