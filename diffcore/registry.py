@@ -80,9 +80,17 @@ def kind_of(cls: type) -> str:
     return kinds[0]
 
 
+def similarity(name: str, candidate: str) -> float:
+    """How alike two names are, in ``[0, 1]``: the better of the whole-name match and the match
+    with the candidate's prefix of the same length (so ``eulr`` is close to ``euler_maruyama``)."""
+    whole = difflib.SequenceMatcher(None, name, candidate).ratio()
+    prefix = difflib.SequenceMatcher(None, name, candidate[: len(name)]).ratio()
+    return max(whole, prefix)
+
+
 def closest_first(name: str, candidates: list[str]) -> list[str]:
-    """``candidates`` sorted by similarity to ``name``, most similar first."""
-    return sorted(candidates, key=lambda c: (-difflib.SequenceMatcher(None, name, c).ratio(), c))
+    """``candidates`` sorted by :func:`similarity` to ``name``, most similar first."""
+    return sorted(candidates, key=lambda c: (-similarity(name, c), c))
 
 
 class Registry:
@@ -236,8 +244,8 @@ class Registry:
 def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
     """``no sampler named 'eular'; did you mean 'euler_maruyama'? available (closest first): ...``."""
     ranked = closest_first(name, available)
-    close = difflib.get_close_matches(name, available, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else "."
+    close = ranked[0] if ranked and similarity(name, ranked[0]) >= 0.6 else None
+    hint = f"; did you mean {close!r}?" if close else "."
     listing = ", ".join(ranked) if ranked else "none (is the plugin providing it installed?)"
     return f"no {kind} named {name!r}{hint} Available (closest first): {listing}"
 

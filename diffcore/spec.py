@@ -16,7 +16,6 @@ loader: a ``!!python/...`` tag is an error, never code.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import weakref
@@ -28,7 +27,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationError, create_model
 
 from diffcore.errors import RegistryError, SpecError
-from diffcore.registry import Entry, Registry, get_registry, unknown_name_message
+from diffcore.registry import Entry, Registry, closest_first, get_registry, similarity, unknown_name_message
 
 MAX_SPEC_BYTES = 1 << 20
 COMPONENT_FIELDS: dict[str, str] = {"process": "process", "model": "model", "sampler": "sampler"}
@@ -284,11 +283,11 @@ def describe_errors(exc: ValidationError, *, data: Any = None,
     out: list[tuple[str, str]] = []
     errors = exc.errors(include_url=False)
     for err in errors:
-        loc = _clean_loc(err["loc"], data)
-        path = ".".join(str(p) for p in loc)
         if err["type"] == "none_required" and len(errors) > 1:
             continue  # the `None` branch of an optional field; the other branch's error says more
-        msg = _message(err, loc, data, registry)
+        loc = _clean_loc(err["loc"], data)
+        msg = _message(err, loc, data, registry)  # may extend loc, e.g. with "type"
+        path = ".".join(str(p) for p in loc)
         if (path, msg) not in out:
             out.append((path, msg))
     return out
@@ -369,8 +368,8 @@ def _message(err: Any, loc: list[int | str], data: Any, registry: Registry | Non
         allowed = _allowed_fields(loc[:-1], data, registry)
         if allowed is None:
             return "unknown field; remove it"
-        close = difflib.get_close_matches(name, allowed, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        best = closest_first(name, allowed)[0] if allowed else None
+        hint = f"did you mean {best!r}? " if best and similarity(name, best) >= 0.6 else ""
         return f"unknown field {name!r}; {hint}allowed fields: {', '.join(allowed)}"
     if kind in {"model_type", "model_attributes_type", "dict_type"} and _kind_at(loc):
         return (f"expected a mapping {{type: <name>, ...params}}, got {_type_name(given)}; "

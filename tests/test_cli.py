@@ -1,0 +1,174 @@
+"""The command line: every subcommand, exit codes, chunked and reproducible sampling."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import ROOT, run_cli
+
+import diffcore
+from diffcore.cli import main
+
+EXAMPLE = ROOT / "examples" / "gmm2d.yaml"
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and diffcore.__version__ in capsys.readouterr().out
+
+
+def test_plugins_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "plugins", "--json")
+    data = json.loads(out)
+    by_name = {p["name"]: p for p in data["plugins"]}
+    assert code == 0 and by_name["processes"]["distribution"] == "diffcore-processes"
+    assert "process:vp" in by_name["processes"]["components"] and by_name["processes"]["version"]
+    assert data["errors"] == []
+
+
+def test_list_shows_capabilities_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "list", "process", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0 and set(rows) >= {"ve", "vp", "subvp"}
+    assert rows["vp"]["capabilities"] == ["linear_gaussian"]
+    assert rows["vp"]["params"]["beta_max"]["default"] == 20.0
+    code, out, _ = cli(capsys, "list")
+    assert code == 0 and "sampler euler_maruyama" in out and "steps: int, default 1000" in out
+    code, _, err = cli(capsys, "list", "samplers")
+    assert code == 2 and "did you mean 'sampler'" in err
+
+
+def test_schema_validates_the_examples_with_jsonschema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "schema.json"
+    assert cli(capsys, "schema", "--out", str(out))[0] == 0
+    schema = json.loads(out.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        validator.validate(yaml.safe_load(path.read_text()))
+    spec = yaml.safe_load(EXAMPLE.read_text())
+    bad = [dict(spec, sampler={"type": "euler_maruyama", "steps": 0}),
+           dict(spec, sampler={"type": "nope"}),
+           dict(spec, process={"type": "vp", "beta_mx": 3.0}),
+           dict(spec, extra=1)]
+    for doc in bad:
+        assert list(validator.iter_errors(doc)), doc
+
+
+def test_validate(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "validate", str(EXAMPLE))
+    assert code == 0 and "ok" in out and "sampler euler_maruyama" in out
+    code, _, err = cli(capsys, "validate", str(EXAMPLE), "--set", "sampler.type=ddim")
+    assert code == 2 and "`sampler.type`" in err
+
+
+def test_sample_json_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.npy"
+    code, stdout, err = cli(capsys, "sample", str(EXAMPLE), "--num", "500", "--seed", "3", "--out", str(out),
+                            "--steps", "50", "--json", "--device", "cpu")
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["nfe"] == 50 and summary["num"] == 500 and summary["seconds"] > 0
+    x = np.load(out)
+    assert x.shape == (500, 2) and x.dtype == np.float32 and np.isfinite(x).all()
+
+
+def test_batch_size_does_not_change_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = []
+    for batch in ("1000", "20000"):
+        paths.append(tmp_path / f"b{batch}.npy")
+        code, _, err = cli(capsys, "sample", str(EXAMPLE), "--num", "20000", "--seed", "11", "--steps", "100",
+                           "--batch-size", batch, "--out", str(paths[-1]))
+        assert code == 0, err
+    a, b = np.load(paths[0]), np.load(paths[1])
+    assert a.shape == (20000, 2) and np.array_equal(a, b)
+
+
+def test_swap_sampler_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.npy"
+    code, stdout, err = cli(capsys, "sample", str(EXAMPLE), "--num", "100", "--out", str(out), "--json",
+                            "--sampler", "probability_flow", "--set", "sampler.method=rk4", "--steps", "10")
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["sampler"] == "probability_flow" and summary["nfe"] == 40  # rk4: 4 evaluations per step
+    code, _, err = cli(capsys, "sample", str(EXAMPLE), "--num", "10", "--out", str(out),
+                       "--sampler", "probability_flow", "--steps", "10")
+    assert code == 2 and "adaptive" in err and "`sampler`" in err
+
+
+def test_latents(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    latents = tmp_path / "z.npy"
+    np.save(latents, np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32))
+    outs = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    for seed, out in zip(("1", "2"), outs, strict=True):
+        code, _, err = cli(capsys, "sample", str(EXAMPLE), "--num", "64", "--seed", seed, "--out", str(out),
+                           "--latents", str(latents), "--sampler", "probability_flow")
+        assert code == 0, err
+    assert np.array_equal(np.load(outs[0]), np.load(outs[1]))
+    np.save(latents, np.zeros((64, 3)))
+    code, _, err = cli(capsys, "sample", str(EXAMPLE), "--num", "64", "--out", str(outs[0]), "--latents", str(latents))
+    assert code == 2 and "latents have shape (64, 3)" in err
+
+
+class Exploit:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (Path("/tmp/diffcore-unpickled-marker"),))
+
+
+def test_pickled_latents_are_never_unpickled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = Path("/tmp/diffcore-unpickled-marker")
+    marker.unlink(missing_ok=True)
+    latents = tmp_path / "evil.npy"
+    np.save(latents, np.array([Exploit()], dtype=object), allow_pickle=True)
+    raw = tmp_path / "raw.npy"
+    raw.write_bytes(pickle.dumps(Exploit()))
+    for path in (latents, raw):
+        code, _, err = cli(capsys, "sample", str(EXAMPLE), "--num", "1", "--out", str(tmp_path / "o.npy"),
+                           "--latents", str(path))
+        assert code == 2 and "--latents" in err
+    assert not marker.exists()
+
+
+def test_bad_options_exit_2_and_leave_no_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.npy"
+    cases = [
+        (["--num", "0"], "--num must be positive"),
+        (["--num", "5", "--batch-size", "0"], "--batch-size must be positive"),
+        (["--num", "5", "--seed", "-1"], "--seed"),
+        (["--num", "5", "--steps", "-2"], "`sampler.steps`"),
+        (["--num", "5", "--sampler", "eulr"], "did you mean 'euler_maruyama'"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--num", "5", "--device", "cuda"], "CUDA is not available"))
+    for args, expected in cases:
+        code, _, err = cli(capsys, "sample", str(EXAMPLE), "--out", str(out), *args)
+        assert code == 2 and expected in err, (args, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".*tmp"))
+
+
+def test_readme_main_command_end_to_end(tmp_path: Path) -> None:
+    """The README's sampling command, as a user runs it (a real subprocess)."""
+    out = tmp_path / "samples.npy"
+    proc = run_cli("sample", "examples/gmm2d.yaml", "--num", "2000", "--seed", "0", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["nfe"] == 1000
+    x = np.load(out)
+    weights = np.array([0.2, 0.5, 0.3])
+    means = np.array([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]])
+    assert np.abs(x.mean(0) - weights @ means).max() < 0.25
