@@ -28,7 +28,7 @@ from diffcore.objective import Objective
 from diffcore.pipeline import Pipeline
 from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, LinearGaussianProcess
 from diffcore.registry import Registry, get_registry
-from diffcore.sampler import SampleResult, Sampler
+from diffcore.sampler import Sampler, SampleResult
 
 try:
     __version__ = metadata.version("diffcore")

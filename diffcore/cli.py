@@ -95,7 +95,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from diffcore.registry import get_registry
 
     registry = get_registry()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": info.name, "distribution": info.distribution, "version": info.version,
          "components": [f"{k}:{n}" for k, n in info.components], "errors": info.errors}
         for info in registry.plugins.values()

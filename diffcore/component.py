@@ -43,6 +43,9 @@ class Params(BaseModel):
         return data
 
 
+_ParamsBase = Params
+
+
 class Component(metaclass=abc.ABCMeta):
     """Base of every pluggable component (processes, models, objectives, samplers, guidance).
 
@@ -55,12 +58,12 @@ class Component(metaclass=abc.ABCMeta):
     """
 
     name: ClassVar[str]
-    Params: ClassVar[type[Params]] = Params
+    Params: ClassVar[type[_ParamsBase]] = _ParamsBase
     requires: ClassVar[frozenset[str]] = frozenset()
 
-    params: Params
+    params: _ParamsBase
 
-    def __init__(self, params: Params | None = None, /, **kwargs: Any) -> None:
+    def __init__(self, params: _ParamsBase | None = None, /, **kwargs: Any) -> None:
         super().__init__()
         self.params = _validate(type(self), params, kwargs)
 
@@ -74,7 +77,7 @@ class Component(metaclass=abc.ABCMeta):
         return f"{type(self).__name__}({fields})"
 
 
-def _validate(cls: type[Component], params: Params | None, kwargs: dict[str, Any]) -> Params:
+def _validate(cls: type[Component], params: _ParamsBase | None, kwargs: dict[str, Any]) -> _ParamsBase:
     from pydantic import ValidationError
 
     from diffcore.spec import format_validation_error

@@ -45,7 +45,7 @@ class ScoreModel(Component, nn.Module):
     output: OutputKind = "score"
     event_shape: tuple[int, ...] | None = None
 
-    def bind(self, process: ForwardProcess) -> None:  # noqa: B027 - optional hook, no-op by default
+    def bind(self, process: ForwardProcess) -> None:
         """Called with the process when the model is assembled into a pipeline."""
 
     @abc.abstractmethod

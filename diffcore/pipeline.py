@@ -26,7 +26,7 @@ from diffcore.model import ScoreModel, to_score
 from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.registry import Registry, get_registry
-from diffcore.sampler import Callback, SampleResult, Sampler, check_compatible
+from diffcore.sampler import Callback, Sampler, SampleResult, check_compatible
 from diffcore.spec import PipelineSpecBase, load_spec
 
 

@@ -60,7 +60,7 @@ def component_spec_model(entry: Entry) -> type[BaseModel]:
         f"{entry.kind.capitalize()}_{entry.name}",
         __base__=entry.cls.Params,
         __doc__=f"{entry.kind} {entry.name!r} (plugin {entry.plugin!r}). {doc}".strip(),
-        type=(Literal[entry.name], Field(description=f"Registered {entry.kind} name.")),  # type: ignore[valid-type]
+        type=(Literal[entry.name], Field(description=f"Registered {entry.kind} name.")),  # type: ignore[arg-type,valid-type]
     )
     return model
 
@@ -332,7 +332,7 @@ def _kind_at(loc: list[int | str]) -> str | None:
 
 def _allowed_fields(loc: list[int | str], data: Any, registry: Registry | None) -> list[str] | None:
     if not loc:
-        return list(_FIELD_KIND) + ["shape"]
+        return [*_FIELD_KIND, "shape"]
     kind = _kind_at(loc)
     node = data
     for item in loc:

@@ -147,7 +147,8 @@ def test_incompatible_pairs_are_refused_at_assembly() -> None:
     with pytest.raises(CompatibilityError, match="needs_linear"):
         Pipeline(DoubleWell(), ExactScoreOfNothing(), NeedsLinear())
     # the generic samplers accept any process
-    result = Pipeline(DoubleWell(), ExactScoreOfNothing(), REGISTRY.build("sampler", "euler_maruyama", steps=5)).sample(4, seed=0)  # type: ignore[arg-type]
+    em = REGISTRY.build("sampler", "euler_maruyama", steps=5)
+    result = Pipeline(DoubleWell(), ExactScoreOfNothing(), em).sample(4, seed=0)  # type: ignore[arg-type]
     assert result.x.shape == (4, 2) and result.nfe == 5
 
 

@@ -60,6 +60,9 @@ class GaussianMixture(ScoreModel):
     params: GMMParams
     requires = frozenset({LINEAR_GAUSSIAN})
     output = "score"
+    log_weights: Tensor
+    means: Tensor
+    variances: Tensor
 
     def __init__(self, params: GMMParams | None = None, /, **kwargs: object) -> None:
         super().__init__(params, **kwargs)

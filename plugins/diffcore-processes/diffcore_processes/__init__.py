@@ -10,7 +10,7 @@ from diffcore_processes.subvp import SubVPSDE
 from diffcore_processes.ve import VESDE
 from diffcore_processes.vp import VPSDE
 
-__all__ = ["SubVPSDE", "VESDE", "VPSDE"]
+__all__ = ["VESDE", "VPSDE", "SubVPSDE"]
 
 
 @hookimpl

@@ -13,6 +13,11 @@ from diffcore.sampler import Callback, Sampler, uniform_grid
 from diffcore.utils import bcast
 
 
+class EulerMaruyamaParams(Params):
+    steps: int = Field(1000, gt=0, description="Number of steps from T to t_min.")
+    denoise_last: bool = Field(True, description="Skip the noise of the last step.")
+
+
 class EulerMaruyama(Sampler):
     """``x <- x - [f(x, t) - g(t)^2 s(x, t)] h + g(t) sqrt(h) z`` on a uniform grid from ``T`` to ``t_min``.
 
@@ -22,12 +27,8 @@ class EulerMaruyama(Sampler):
     """
 
     name = "euler_maruyama"
-
-    class Params(Params):
-        steps: int = Field(1000, gt=0, description="Number of steps from T to t_min.")
-        denoise_last: bool = Field(True, description="Skip the noise of the last step.")
-
-    params: Params
+    Params = EulerMaruyamaParams
+    params: EulerMaruyamaParams
 
     def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
             callback: Callback | None) -> tuple[Tensor, int]:
