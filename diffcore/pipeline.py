@@ -12,6 +12,7 @@ pipeline is assembled, never inside a sampling step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +46,15 @@ class Pipeline:
         for component in (self.sampler, self.model, *self.guidance):
             check_compatible(component, self.process)
         self.model.bind(self.process)
-        self.shape = tuple(self.shape) or tuple(self.model.event_shape or ())
+        model_shape = tuple(self.model.event_shape or ())
+        self.shape = tuple(self.shape) or model_shape
         if not self.shape:
             raise UsageError(f"model {self.model.name!r} does not know its data shape; "
                              "set `shape` in the spec, e.g. shape: [2]")
+        if model_shape and math.prod(self.shape) != math.prod(model_shape):
+            raise UsageError(f"`shape` {list(self.shape)} holds {math.prod(self.shape)} values per sample but "
+                             f"model {self.model.name!r} has {math.prod(model_shape)} ({list(model_shape)}); "
+                             "fix `shape` or drop it to use the model's")
 
     @classmethod
     def from_spec(cls, source: str | Path | Mapping[str, Any] | PipelineSpecBase,

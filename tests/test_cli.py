@@ -57,10 +57,11 @@ def test_schema_validates_the_examples_with_jsonschema(tmp_path: Path, capsys: p
     assert cli(capsys, "schema", "--out", str(out))[0] == 0
     schema = json.loads(out.read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    examples = sorted((ROOT / "examples").glob("*.yaml"))
-    assert examples
+    examples = sorted((ROOT / "examples").glob("*.yaml")) + sorted((ROOT / "examples").glob("*.json"))
+    assert len(examples) >= 3
     for path in examples:
-        validator.validate(yaml.safe_load(path.read_text()))
+        validator.validate(yaml.safe_load(path.read_text()))  # JSON is YAML
+        assert cli(capsys, "validate", str(path))[0] == 0
     spec = yaml.safe_load(EXAMPLE.read_text())
     bad = [dict(spec, sampler={"type": "euler_maruyama", "steps": 0}),
            dict(spec, sampler={"type": "nope"}),
