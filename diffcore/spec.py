@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -137,6 +138,11 @@ def _construct_mapping(loader: _SafeLoader, node: yaml.MappingNode, deep: bool =
 
 
 _SafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.1 (PyYAML) reads `1e-5` as a string; YAML 1.2 and JSON read it as a number. Specs follow 1.2
+# here, so `rtol: 1e-5` is a float for the validator and for editors using the JSON Schema alike.
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"),
+)
 
 
 def parse_text(text: str, *, source: str = "<spec>", fmt: Literal["yaml", "json"] = "yaml") -> Any:
