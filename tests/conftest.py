@@ -18,6 +18,31 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_PLUGIN = ROOT / "tests" / "plugins" / "diffcore-example"
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
+BROKEN_IMPORT_SOURCE = "import frobnicate_not_installed\n"
+"""A plugin module that fails to import."""
+
+DUPLICATE_VP_SOURCE = """
+from diffcore import hookimpl
+from diffcore_processes import VPSDE
+
+class MyVP(VPSDE):
+    name = "vp"
+
+@hookimpl
+def diffcore_register(register):
+    register(MyVP)
+"""
+"""A plugin module registering a second process named `vp`."""
+
+RAISING_HOOK_SOURCE = """
+from diffcore import hookimpl
+
+@hookimpl
+def diffcore_register(register):
+    raise RuntimeError("hook exploded")
+"""
+"""A plugin module whose hook raises."""
+
 
 def write_distribution(root: Path, name: str, version: str, entry_points: dict[str, str],
                        modules: dict[str, str] | None = None) -> Path:
@@ -42,6 +67,17 @@ def example_plugin_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]
     meta = write_distribution(tmp_path_factory.mktemp("example-dist"), project["name"], project["version"],
                               project["entry-points"]["diffcore"])
     return [EXAMPLE_PLUGIN, meta]
+
+
+@pytest.fixture(scope="session")
+def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A site directory with three bad plugins: one fails to import, one raises in its hook, one
+    registers a second `vp`."""
+    root = tmp_path_factory.mktemp("broken-site")
+    write_distribution(root, "diffcore-broken", "1.0", {"broken": "broken_mod"}, {"broken_mod": BROKEN_IMPORT_SOURCE})
+    write_distribution(root, "diffcore-raiser", "0.2", {"raiser": "raiser_mod"}, {"raiser_mod": RAISING_HOOK_SOURCE})
+    write_distribution(root, "diffcore-dup", "2.0", {"zz_dup": "dup_mod"}, {"dup_mod": DUPLICATE_VP_SOURCE})
+    return root
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import write_distribution
 
 import diffcore
 from diffcore import PluginError, Registry, RegistryError, hookimpl
@@ -161,28 +160,10 @@ def test_fixture_unregistered_afterwards() -> None:
     assert "shifted" not in diffcore.get_registry().names("process")
 
 
-BROKEN_IMPORT = "raise ImportError('missing optional dependency frobnicate')\n"
-DUPLICATE_VP = """
-from diffcore import hookimpl
-from diffcore_processes import VPSDE
-
-class MyVP(VPSDE):
-    name = "vp"
-
-@hookimpl
-def diffcore_register(register):
-    register(MyVP)
-"""
 
 
-def broken_site(root: Path) -> Path:
-    write_distribution(root, "diffcore-broken", "1.0", {"broken": "broken_mod"}, {"broken_mod": BROKEN_IMPORT})
-    write_distribution(root, "diffcore-dup", "2.0", {"zz_dup": "dup_mod"}, {"dup_mod": DUPLICATE_VP})
-    return root
-
-
-def test_broken_and_duplicate_plugins_from_entry_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(broken_site(tmp_path)))
+def test_broken_and_duplicate_plugins_from_entry_points(broken_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(broken_site))
     monkeypatch.delenv("DIFFCORE_STRICT_PLUGINS", raising=False)
     registry = Registry()
     registry.load_entry_points()
@@ -193,8 +174,8 @@ def test_broken_and_duplicate_plugins_from_entry_points(tmp_path: Path, monkeypa
     assert registry.get("process", "vp").__module__ == "diffcore_processes.vp"
 
 
-def test_load_plugins_env_selects_entry_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(broken_site(tmp_path)))
+def test_load_plugins_env_selects_entry_points(broken_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(broken_site))
     monkeypatch.setenv("DIFFCORE_LOAD_PLUGINS", "processes,samplers")
     registry = Registry()
     registry.load_entry_points()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli, write_distribution
+from conftest import ROOT, run_cli
 
 from diffcore import Registry
 from diffcore.pipeline import Pipeline
@@ -86,36 +86,6 @@ def test_spec_model_is_rebuilt_when_the_registry_changes(example_registry: Regis
     from diffcore.errors import SpecError
     with pytest.raises(SpecError, match="no process named 'cosine'"):
         Pipeline.from_spec(spec, registry=example_registry)
-
-
-BROKEN_IMPORT = "import frobnicate_not_installed\n"
-RAISING_HOOK = """
-from diffcore import hookimpl
-
-@hookimpl
-def diffcore_register(register):
-    raise RuntimeError("hook exploded")
-"""
-DUPLICATE_VP = """
-from diffcore import hookimpl
-from diffcore_processes import VPSDE
-
-class MyVP(VPSDE):
-    name = "vp"
-
-@hookimpl
-def diffcore_register(register):
-    register(MyVP)
-"""
-
-
-@pytest.fixture(scope="module")
-def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("broken-site")
-    write_distribution(root, "diffcore-broken", "1.0", {"broken": "broken_mod"}, {"broken_mod": BROKEN_IMPORT})
-    write_distribution(root, "diffcore-raiser", "0.2", {"raiser": "raiser_mod"}, {"raiser_mod": RAISING_HOOK})
-    write_distribution(root, "diffcore-dup", "2.0", {"zz_dup": "dup_mod"}, {"dup_mod": DUPLICATE_VP})
-    return root
 
 
 def test_broken_plugins_are_reported_and_the_cli_keeps_working(broken_site: Path, tmp_path: Path) -> None:
