@@ -15,8 +15,7 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict
 
 from diffcore.errors import SpecError
 
@@ -24,23 +23,12 @@ from diffcore.errors import SpecError
 class Params(BaseModel):
     """Base of every component's parameter model.
 
-    Unknown fields are rejected, NaN and Inf are rejected, and a boolean is never silently read as
-    a number (``steps: true`` is an error, not ``steps: 1``).
+    Validation is strict: unknown fields, NaN and Inf are rejected, and nothing is silently
+    converted (``steps: true`` or ``steps: "10"`` is an error, not ``steps: 1``; ``rtol: 1`` is
+    fine, an integer is a valid float). Lists are lists: pass ``[0.5, 0.5]``, not a tuple.
     """
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_bool_as_number(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name, value in data.items():
-                field = cls.model_fields.get(name) if isinstance(name, str) else None
-                if isinstance(value, bool) and field is not None and field.annotation in (int, float):
-                    raise PydanticCustomError(
-                        "bool_as_number", "expected a number, got the boolean {value}", {"value": value},
-                    )
-        return data
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, strict=True)
 
 
 _ParamsBase = Params

@@ -16,16 +16,18 @@ loader: a ``!!python/...`` tag is an error, never code.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
+import reprlib
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
 from diffcore.errors import RegistryError, SpecError
 from diffcore.registry import Entry, Registry, closest_first, get_registry, similarity, unknown_name_message
@@ -96,8 +98,8 @@ def pipeline_spec_model(registry: Registry | None = None) -> type[PipelineSpecBa
     for field, kind in LIST_FIELDS.items():
         fields[field] = (list[kind_type(registry, kind)], Field(  # type: ignore[misc]
             default_factory=list, description=f"{kind.capitalize()} components, applied in order."))
-    fields["shape"] = (tuple[PositiveInt, ...], Field(
-        default=(), description="Shape of one sample; empty: the model's own event shape."))
+    fields["shape"] = (list[Annotated[int, Field(gt=0, strict=True)]], Field(
+        default_factory=list, description="Shape of one sample; empty: the model's own event shape."))
     model = create_model(
         "PipelineSpec", __base__=PipelineSpecBase,
         __doc__="A diffcore pipeline: a forward process, a score model and a sampler.", **fields,
@@ -151,9 +153,10 @@ def parse_text(text: str, *, source: str = "<spec>", fmt: Literal["yaml", "json"
         raise SpecError(f"{source}: the spec is larger than {MAX_SPEC_BYTES} bytes; specs are small "
                         "documents, pass data through a dataset component instead")
     try:
-        if fmt == "json":
-            return json.loads(text, object_pairs_hook=_json_pairs)
-        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - _SafeLoader derives from SafeLoader
+        data = (json.loads(text, object_pairs_hook=_json_pairs) if fmt == "json"
+                else yaml.load(text, Loader=_SafeLoader))  # noqa: S506 - a yaml.SafeLoader subclass
+        _check_size(data, source)
+        return data
     except SpecError as exc:
         raise SpecError(f"{source}: {exc}") from None
     except yaml.constructor.ConstructorError as exc:
@@ -166,6 +169,25 @@ def parse_text(text: str, *, source: str = "<spec>", fmt: Literal["yaml", "json"
         raise SpecError(f"{source}: not valid JSON: {exc}") from None
     except RecursionError:
         raise SpecError(f"{source}: the document is nested too deeply to be a spec") from None
+
+
+MAX_SPEC_VALUES = 100_000
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Reject documents that expand to more than ``MAX_SPEC_VALUES`` values: YAML aliases can make a
+    few hundred bytes stand for billions of values (an "alias bomb"); the walk stops at the limit."""
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_SPEC_VALUES:
+            raise SpecError(f"{source}: the spec expands to more than {MAX_SPEC_VALUES} values (YAML "
+                            "aliases repeating large parts?); specs are small documents")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple | set):
+            stack.extend(node)
 
 
 def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -213,7 +235,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
 
     List items are addressed by index (``guidance.0.scale=2``). Returns a new mapping.
     """
-    out = json.loads(json.dumps(data, allow_nan=True))  # deep copy of plain data
+    out = copy.deepcopy(dict(data))
     for item in overrides:
         path, sep, raw = item.partition("=")
         keys = path.strip().split(".")
@@ -340,9 +362,7 @@ def _allowed_fields(loc: list[int | str], data: Any, registry: Registry | None) 
     if not loc:
         return [*_FIELD_KIND, "shape"]
     kind = _kind_at(loc)
-    node = data
-    for item in loc:
-        node = _child(node, item)
+    node = _node_at(data, loc)
     if kind is None or registry is None or not isinstance(node, dict):
         return None
     try:
@@ -353,19 +373,20 @@ def _allowed_fields(loc: list[int | str], data: Any, registry: Registry | None) 
 
 
 def _message(err: Any, loc: list[int | str], data: Any, registry: Registry | None) -> str:
-    kind, ctx, given = err["type"], err.get("ctx") or {}, err.get("input")
+    kind, given = err["type"], err.get("input")
     if kind == "union_tag_invalid" or (kind == "literal_error" and loc and loc[-1] == "type"):
-        comp_loc = loc if kind == "union_tag_invalid" else loc[:-1]
-        comp_kind = _kind_at(comp_loc) or "component"
-        tag = ctx.get("tag", given)
-        names = registry.names(comp_kind) if registry is not None and comp_kind in _KINDS_OK else []
         if kind == "union_tag_invalid":
             loc.append("type")
-        return unknown_name_message(comp_kind, str(tag), names) + "; set `type` to one of them"
-    if kind == "union_tag_not_found":
-        comp_kind = _kind_at(loc) or "component"
-        names = registry.names(comp_kind) if registry is not None and comp_kind in _KINDS_OK else []
-        loc.append("type")
+        comp_kind = _kind_at(loc[:-1]) or "component"
+        names = _names(registry, comp_kind)
+        node = _child(_node_at(data, loc[:-1]), "type")
+        if node is None or node == "":
+            return f"`type` is empty; set it to one of: {', '.join(names)}"
+        return unknown_name_message(comp_kind, str(node), names) + "; set `type` to one of them"
+    if kind == "union_tag_not_found" or (kind == "missing" and loc and loc[-1] == "type" and _kind_at(loc[:-1])):
+        if kind == "union_tag_not_found":
+            loc.append("type")
+        names = _names(registry, _kind_at(loc[:-1]) or "component")
         return f"missing `type`; add `type: <name>` with one of: {', '.join(names)}"
     if kind == "missing":
         return "required field is missing; add it"
@@ -388,11 +409,23 @@ def _message(err: Any, loc: list[int | str], data: Any, registry: Registry | Non
     return f"{message} (got {_short(given)})" if "input" in err and not isinstance(given, dict) else message
 
 
-_KINDS_OK = set(_FIELD_KIND.values())
+def _names(registry: Registry | None, kind: str) -> list[str]:
+    return registry.names(kind) if registry is not None and kind in _FIELD_KIND.values() else []
+
+
+def _node_at(data: Any, loc: list[int | str]) -> Any:
+    for item in loc:
+        data = _child(data, item)
+    return data
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 40, 40
 
 
 def _short(value: Any) -> str:
-    text = repr(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    """A bounded rendering of an input value (never walks more than a few elements)."""
+    text = _REPR.repr(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

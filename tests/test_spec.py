@@ -32,7 +32,7 @@ def test_overrides_parse_values_and_create_paths() -> None:
 def test_defaults_are_filled_in() -> None:
     spec = validate_spec(SPEC)
     assert spec.component("process")[1] == {"t_min": 1e-3, "T": 1.0, "beta_min": 0.1, "beta_max": 20.0}
-    assert spec.guidance == [] and spec.shape == ()  # type: ignore[attr-defined]
+    assert spec.guidance == [] and spec.shape == []  # type: ignore[attr-defined]
 
 
 def test_spec_model_is_cached_per_registry_generation() -> None:
