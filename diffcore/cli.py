@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from diffcore.errors import DiffcoreError, UsageError
 
@@ -45,7 +45,9 @@ def _fail(message: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from diffcore import __version__
 
-    parser = argparse.ArgumentParser(prog="diffcore", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="diffcore", description="Score-based generative models from declarative specs: list plugins and "
+        "components, export the spec schema, validate specs and draw samples.")
     parser.add_argument("--version", action="version", version=f"diffcore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -134,7 +136,7 @@ def describe_components(kind: str | None) -> list[dict[str, Any]]:
         rows.append({
             "kind": entry.kind, "name": entry.name, "plugin": entry.plugin,
             "class": f"{entry.cls.__module__}.{entry.cls.__qualname__}",
-            "summary": (entry.cls.__doc__ or "").strip().split("\n")[0],
+            "summary": " ".join((entry.cls.__doc__ or "").strip().split("\n\n")[0].split()),
             "capabilities": sorted(entry.cls.capabilities()), "requires": sorted(entry.cls.requires),
             "params": params,
         })
@@ -142,6 +144,8 @@ def describe_components(kind: str | None) -> list[dict[str, Any]]:
 
 
 def _annotation_name(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(annotation))
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
@@ -191,8 +195,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--num must be positive, got {args.num}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
-    if not 0 <= args.seed < 2**63:
-        raise UsageError(f"--seed must be in [0, 2**63), got {args.seed}")
+    if not 0 <= args.seed < 2**64:
+        raise UsageError(f"--seed must be in [0, 2**64), got {args.seed}")
     device = torch.device(args.device) if args.device else default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but CUDA is not available here; use --device cpu")
@@ -216,7 +220,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     nfes: list[int] = []
     try:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(args.num, *pipe.shape))
+        try:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(args.num, *pipe.shape))
+        except OSError as exc:
+            raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}; check that its folder "
+                             "exists and is writable") from None
         for lo, result in pipe.iter_samples(args.num, seed=args.seed, batch_size=args.batch_size,
                                             latents=latents, device=device):
             array[lo:lo + result.x.shape[0]] = result.x.detach().cpu().numpy()

@@ -68,7 +68,7 @@ class Component(metaclass=abc.ABCMeta):
 def _validate(cls: type[Component], params: _ParamsBase | None, kwargs: dict[str, Any]) -> _ParamsBase:
     from pydantic import ValidationError
 
-    from diffcore.spec import format_validation_error
+    from diffcore.spec import describe_errors, format_problems
 
     if params is not None and kwargs:
         raise TypeError(f"{cls.__name__}: pass either a Params instance or keyword arguments")
@@ -79,7 +79,5 @@ def _validate(cls: type[Component], params: _ParamsBase | None, kwargs: dict[str
     try:
         return cls.Params(**kwargs)
     except ValidationError as exc:
-        raise SpecError(
-            format_validation_error(exc, prefix=getattr(cls, "name", cls.__name__)),
-            problems=[],
-        ) from None
+        problems = describe_errors(exc, allowed_fields=list(cls.Params.model_fields))
+        raise SpecError(format_problems(problems, getattr(cls, "name", cls.__name__), "parameters"), problems) from None

@@ -45,9 +45,16 @@ class SamplingError(DiffcoreError, RuntimeError):
 
 
 class NonFiniteError(SamplingError):
-    """NaN or Inf appeared during sampling; ``step`` and ``t`` say where it first appeared."""
+    """NaN or Inf appeared during sampling.
 
-    def __init__(self, message: str, *, step: int, t: float) -> None:
+    ``step`` is the 0-based index of the solver step in which it first appeared (as callbacks
+    number steps; a whole adaptive ODE solve is step 0), ``t`` the time, ``evaluation`` the 1-based
+    score evaluation when it was caught at a score evaluation (``None`` when caught at the end of a
+    step).
+    """
+
+    def __init__(self, message: str, *, step: int, t: float, evaluation: int | None = None) -> None:
         super().__init__(message)
         self.step = step
         self.t = t
+        self.evaluation = evaluation

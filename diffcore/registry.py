@@ -105,6 +105,7 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self.plugins: dict[str, PluginInfo] = {}
+        self.load_errors: list[str] = []  # errors that belong to no loaded plugin
         self.generation = 0
         self.strict = os.environ.get(STRICT_ENV, "") not in ("", "0") if strict is None else strict
 
@@ -115,12 +116,18 @@ class Registry:
         wanted: set[str] | None = None
         if LOAD_ENV in os.environ:
             wanted = {n.strip() for n in os.environ[LOAD_ENV].split(",") if n.strip()}
-        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
-        seen: set[str] = set()
+        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.name, _dist_name(ep)))
+        seen: dict[str, str] = {}  # entry-point name -> distribution that provided it
         for ep in eps:
-            if ep.name in seen or (wanted is not None and ep.name not in wanted):
+            if wanted is not None and ep.name not in wanted:
                 continue
-            seen.add(ep.name)
+            if ep.name in seen:
+                if seen[ep.name] != _dist_name(ep):
+                    self._fail(None, f"plugin name {ep.name!r} is declared by both {seen[ep.name]} and "
+                               f"{_dist_name(ep)}; loaded the one from {seen[ep.name]}. Rename the entry "
+                               "point in one of them")
+                continue
+            seen[ep.name] = _dist_name(ep)
             dist = getattr(ep, "dist", None)
             info = PluginInfo(ep.name, dist.metadata["Name"] if dist else None, dist.version if dist else None)
             try:
@@ -130,9 +137,9 @@ class Registry:
                 continue
             self.register_plugin(obj, ep.name, info=info)
         if wanted:
-            for missing in sorted(wanted - seen):
+            for missing in sorted(wanted - set(seen)):
                 available = closest_first(missing, sorted({ep.name for ep in eps}))
-                self._fail(PluginInfo(missing), f"no plugin named {missing!r} in {LOAD_ENV}; "
+                self._fail(None, f"no plugin named {missing!r} in {LOAD_ENV}; "
                            f"installed: {', '.join(available) or 'none'}")
 
     def register_plugin(self, plugin: object, name: str, *, info: PluginInfo | None = None) -> PluginInfo:
@@ -160,14 +167,22 @@ class Registry:
             self.pm.unregister(plugin)
             self._fail(info, f"its diffcore_register hook raised {_describe(exc)}")
             return info
-        self.plugins[name] = info
+        fresh: list[Entry] = []
         for entry in staged:
             existing = self._entries[entry.kind].get(entry.name)
-            if existing is not None:
-                self._fail(info, f"{entry.kind} {entry.name!r} is registered by both plugin "
-                           f"{existing.plugin!r} and plugin {name!r}; kept the one from {existing.plugin!r}. "
-                           f"Rename one of them, or choose plugins with {LOAD_ENV}")
+            if existing is None:
+                fresh.append(entry)
                 continue
+            message = (f"{entry.kind} {entry.name!r} is registered by both plugin {existing.plugin!r} and "
+                       f"plugin {name!r}; kept the one from {existing.plugin!r}. Rename one of them, or "
+                       f"choose plugins with {LOAD_ENV}")
+            try:
+                self._fail(info, message)
+            except PluginError:
+                self.pm.unregister(plugin)  # strict: nothing of this plugin is kept
+                raise
+        self.plugins[name] = info
+        for entry in fresh:
             self._entries[entry.kind][entry.name] = entry
             info.components.append((entry.kind, entry.name))
         self.generation += 1
@@ -199,13 +214,19 @@ class Registry:
             raise PluginError(f"{kind} {name!r}: 'type' is reserved in specs; rename that parameter")
         return Entry(kind, name, cls, plugin)
 
-    def _fail(self, info: PluginInfo, message: str) -> None:
-        text = f"plugin {info.name!r}" + (f" ({info.distribution} {info.version})" if info.distribution else "")
-        text += f": {message}"
+    def _fail(self, info: PluginInfo | None, message: str) -> None:
+        """Record a plugin error (on ``info``, or as a load error of no plugin); raise if strict."""
+        text = message
+        if info is not None:
+            dist = f" ({info.distribution} {info.version})" if info.distribution else ""
+            text = f"plugin {info.name!r}{dist}: {message}"
         if self.strict:
             raise PluginError(text + f" [{STRICT_ENV} is set]")
-        info.errors.append(text)
-        self.plugins.setdefault(info.name, info)
+        if info is None:
+            self.load_errors.append(text)
+        else:
+            info.errors.append(text)
+            self.plugins.setdefault(info.name, info)
 
     # -- lookup ----------------------------------------------------------------------------------
 
@@ -229,7 +250,7 @@ class Registry:
 
     def errors(self) -> list[str]:
         """Every plugin load error, in load order."""
-        return [e for info in self.plugins.values() for e in info.errors]
+        return [e for info in self.plugins.values() for e in info.errors] + self.load_errors
 
     def __iter__(self) -> Iterator[Entry]:
         for kind in KINDS:
@@ -248,6 +269,11 @@ def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
     hint = f"; did you mean {close!r}?" if close else "."
     listing = ", ".join(ranked) if ranked else "none (is the plugin providing it installed?)"
     return f"no {kind} named {name!r}{hint} Available (closest first): {listing}"
+
+
+def _dist_name(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return str(dist.metadata["Name"]) if dist is not None else "?"
 
 
 def _describe(exc: BaseException) -> str:

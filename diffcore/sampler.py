@@ -43,29 +43,43 @@ class SampleResult:
 
 
 class CountedScore:
-    """A score function that counts its evaluations and rejects non-finite inputs and outputs."""
+    """The score function a sampler sees: counts evaluations, knows the step in progress, and
+    rejects non-finite inputs and outputs with the step, the evaluation and the time.
 
-    def __init__(self, score_fn: ScoreFn) -> None:
+    The base :class:`Sampler` makes one per call and passes :meth:`on_step` as the callback that
+    :meth:`Sampler.report` calls, so ``step`` is the index (as callbacks number steps) of the
+    solver step under way. An adaptive ODE solve reports no intermediate steps: it is step 0.
+    """
+
+    def __init__(self, score_fn: ScoreFn, callback: Callback | None = None) -> None:
         self.score_fn = score_fn
+        self.callback = callback
         self.nfe = 0
+        self.step = 0
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
-        check_finite(x, f"the state at score evaluation {self.nfe}", step=self.nfe, t=t)
+        check_finite(x, "the state", step=self.step, t=t, evaluation=self.nfe)
         s = self.score_fn(x, t)
-        check_finite(s, f"the score at evaluation {self.nfe}", step=self.nfe, t=t)
+        check_finite(s, "the score", step=self.step, t=t, evaluation=self.nfe)
         return s
 
+    def on_step(self, info: StepInfo) -> None:
+        self.step = info.step + 1
+        if self.callback is not None:
+            self.callback(info)
 
-def check_finite(x: Tensor, what: str, *, step: int, t: Tensor | float) -> None:
+
+def check_finite(x: Tensor, what: str, *, step: int, t: Tensor | float, evaluation: int | None = None) -> None:
     """Raise :class:`NonFiniteError` if ``x`` holds NaN or Inf."""
     if not bool(torch.isfinite(x).all()):
         t_val = float(t.reshape(-1)[0]) if isinstance(t, Tensor) else float(t)
         bad = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).sum())
+        at = f"score evaluation {evaluation}, " if evaluation is not None else ""
         raise NonFiniteError(
-            f"NaN or Inf in {what} (step {step}, t={t_val:.6g}) for {bad} of {x.shape[0]} samples; "
+            f"NaN or Inf in {what} at step {step} ({at}t={t_val:.6g}) for {bad} of {x.shape[0]} samples; "
             "check the model, or use more steps or a larger t_min",
-            step=step, t=t_val,
+            step=step, t=t_val, evaluation=evaluation,
         )
 
 
@@ -93,9 +107,9 @@ class Sampler(Component, abc.ABC):
         check_compatible(self, process)
         if noise.batch_size != x_T.shape[0]:
             raise ValueError(f"noise has {noise.batch_size} rows but x_T has {x_T.shape[0]}")
-        counted = CountedScore(score_fn)
-        x, steps = self.run(counted, process, x_T, noise, callback)
-        check_finite(x, "the final samples", step=steps or counted.nfe, t=process.t_min)
+        counted = CountedScore(score_fn, callback)
+        x, steps = self.run(counted, process, x_T, noise, counted.on_step)
+        check_finite(x, "the final samples", step=max(counted.step - 1, 0), t=process.t_min)
         return SampleResult(x=x, nfe=counted.nfe, steps=steps)
 
     @abc.abstractmethod
@@ -105,8 +119,8 @@ class Sampler(Component, abc.ABC):
 
     @staticmethod
     def report(callback: Callback | None, step: int, t: float, x: Tensor) -> None:
-        """Check the state after ``step`` and pass it to the callback, if any."""
-        check_finite(x, f"the state after step {step}", step=step, t=t)
+        """Check the state at the end of ``step`` (0-based) and pass it to the callback, if any."""
+        check_finite(x, "the state", step=step, t=t)
         if callback is not None:
             callback(StepInfo(step=step, t=t, x=x))
 

@@ -96,8 +96,10 @@ def pipeline_spec_model(registry: Registry | None = None) -> type[PipelineSpecBa
         for field, kind in COMPONENT_FIELDS.items()
     }
     for field, kind in LIST_FIELDS.items():
+        none = not registry.names(kind)  # then the schema, like validation, admits only []
         fields[field] = (list[kind_type(registry, kind)], Field(  # type: ignore[misc]
-            default_factory=list, description=f"{kind.capitalize()} components, applied in order."))
+            default_factory=list, max_length=0 if none else None,
+            description=f"{kind.capitalize()} components, applied in order."))
     fields["shape"] = (list[Annotated[int, Field(gt=0, strict=True)]], Field(
         default_factory=list, description="Shape of one sample; empty: the model's own event shape."))
     model = create_model(
@@ -294,27 +296,26 @@ def load_spec(source: str | Path | Mapping[str, Any], overrides: Sequence[str] =
 # ---------------------------------------------------------------------------------------------
 
 
-def format_problems(problems: list[tuple[str, str]], source: str) -> str:
-    """One paragraph: ``<source>: invalid spec: `a.b`: message; `c`: message``."""
+def format_problems(problems: list[tuple[str, str]], source: str, what: str = "spec") -> str:
+    """One paragraph: ``<source>: invalid <what>: `a.b`: message; `c`: message``."""
     parts = [f"`{path}`: {msg}" if path else msg for path, msg in problems]
-    return f"{source}: invalid spec: " + "; ".join(parts)
+    return f"{source}: invalid {what}: " + "; ".join(parts)
 
 
-def format_validation_error(exc: ValidationError, *, prefix: str) -> str:
-    """A validation error of a component's Params (Python construction) as one paragraph."""
-    return format_problems(describe_errors(exc), prefix)
+def describe_errors(exc: ValidationError, *, data: Any = None, registry: Registry | None = None,
+                    allowed_fields: list[str] | None = None) -> list[tuple[str, str]]:
+    """``(dotted path, message with the fix)`` for every error of a validation failure.
 
-
-def describe_errors(exc: ValidationError, *, data: Any = None,
-                    registry: Registry | None = None) -> list[tuple[str, str]]:
-    """``(dotted path, message with the fix)`` for every error of a validation failure."""
+    ``data`` and ``registry`` let messages about a whole spec name the allowed fields of each
+    component; ``allowed_fields`` does it for a single component's parameters.
+    """
     out: list[tuple[str, str]] = []
     errors = exc.errors(include_url=False)
     for err in errors:
         if err["type"] == "none_required" and len(errors) > 1:
             continue  # the `None` branch of an optional field; the other branch's error says more
         loc = _clean_loc(err["loc"], data)
-        msg = _message(err, loc, data, registry)  # may extend loc, e.g. with "type"
+        msg = _message(err, loc, data, registry, allowed_fields)  # may extend loc, e.g. with "type"
         path = ".".join(str(p) for p in loc)
         if (path, msg) not in out:
             out.append((path, msg))
@@ -372,7 +373,8 @@ def _allowed_fields(loc: list[int | str], data: Any, registry: Registry | None) 
     return ["type", *cls.Params.model_fields]
 
 
-def _message(err: Any, loc: list[int | str], data: Any, registry: Registry | None) -> str:
+def _message(err: Any, loc: list[int | str], data: Any, registry: Registry | None,
+             allowed_fields: list[str] | None = None) -> str:
     kind, given = err["type"], err.get("input")
     if kind == "union_tag_invalid" or (kind == "literal_error" and loc and loc[-1] == "type"):
         if kind == "union_tag_invalid":
@@ -390,9 +392,13 @@ def _message(err: Any, loc: list[int | str], data: Any, registry: Registry | Non
         return f"missing `type`; add `type: <name>` with one of: {', '.join(names)}"
     if kind == "missing":
         return "required field is missing; add it"
+    list_kind = LIST_FIELDS.get(str(loc[0])) if len(loc) == 1 else None
+    if kind == "too_long" and list_kind and not _names(registry, list_kind):
+        return (f"no {list_kind} is registered; remove `{loc[0]}` or install a plugin that "
+                "provides one (`diffcore plugins` lists what is loaded)")
     if kind == "extra_forbidden":
         name = str(loc[-1]) if loc else "?"
-        allowed = _allowed_fields(loc[:-1], data, registry)
+        allowed = allowed_fields if allowed_fields is not None else _allowed_fields(loc[:-1], data, registry)
         if allowed is None:
             return "unknown field; remove it"
         best = closest_first(name, allowed)[0] if allowed else None

@@ -189,3 +189,42 @@ def test_load_plugins_env_selects_entry_points(broken_site: Path, monkeypatch: p
     registry.load_entry_points()
     assert "no plugin named 'procesess'" in registry.errors()[0]
     assert "installed: processes" in registry.errors()[0]
+
+
+def test_entry_point_name_taken_by_two_distributions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import write_distribution
+    source = "from diffcore import hookimpl\n\n@hookimpl\ndef diffcore_register(register):\n    pass\n"
+    write_distribution(tmp_path, "diffcore-aaa", "1.0", {"samplers": "aaa_mod"}, {"aaa_mod": source})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry(strict=False)
+    registry.load_entry_points()
+    [error] = registry.errors()
+    assert "plugin name 'samplers' is declared by both diffcore-aaa and diffcore-samplers" in error
+    assert registry.plugins["samplers"].distribution == "diffcore-aaa"  # sorted by distribution name
+    assert "probability_flow" not in registry.names("sampler")  # hidden, and now said so
+
+
+def test_strict_duplicate_registers_nothing_of_the_plugin() -> None:
+    registry = Registry(strict=True)
+    registry.register_plugin(plugin_module("first", Shifted), "first")
+    with pytest.raises(PluginError, match="registered by both"):
+        registry.register_plugin(plugin_module("second", Other, Shifted), "second")
+    assert registry.names("process") == ["shifted"] and "second" not in registry.plugins
+
+
+def test_plugin_registered_accepts_an_already_loaded_plugin() -> None:
+    import diffcore_processes
+    registry = Registry()
+    registry.load_entry_points()
+    with plugin_registered(diffcore_processes, registry=registry) as info:
+        assert info.name == "processes"
+    assert "vp" in registry.names("process")  # left loaded
+
+
+def test_python_construction_errors_name_the_component_fields() -> None:
+    from diffcore.errors import SpecError
+    with pytest.raises(SpecError) as exc:
+        diffcore.get_registry().build("sampler", "euler_maruyama", stpes=3)
+    assert "did you mean 'steps'? allowed fields: steps, denoise_last" in str(exc.value)
+    assert exc.value.problems == [("stpes", "unknown field 'stpes'; did you mean 'steps'? "
+                                   "allowed fields: steps, denoise_last")]

@@ -162,3 +162,16 @@ def test_every_sampler_runs_on_every_device(device: str, sampler: str) -> None:
     if device != "cpu":
         cpu = pipe.sample(64, seed=0, device="cpu").x
         assert (x.cpu() - cpu).abs().max() < 1e-3
+
+
+def test_nan_step_is_the_step_callbacks_see() -> None:
+    """Euler-Maruyama on [t_min, 1] with 10 steps: step i starts at t = 1 - i h. The score turns NaN
+    below t = 0.5, first met at the start of step 6 (t = 0.4006)."""
+    process = REGISTRY.build("process", "vp")
+    pipe = Pipeline(process, NaNAfter(**REFERENCE_MIXTURE), REGISTRY.build("sampler", "euler_maruyama", steps=10))  # type: ignore[arg-type]
+    seen: list[int] = []
+    with pytest.raises(NonFiniteError) as exc:
+        pipe.sample(4, seed=0, callback=lambda info: seen.append(info.step))
+    assert seen == [0, 1, 2, 3, 4, 5]
+    assert exc.value.step == 6 and exc.value.evaluation == 7
+    assert exc.value.t == pytest.approx(1 - 6 * (1 - 1e-3) / 10, rel=1e-6)

@@ -149,7 +149,7 @@ CASES = [
          "`sampler`", "method 'dopri5' is adaptive", "Drop steps or pick a fixed-step method"),
     # --- guidance -------------------------------------------------------------------------------
     case("guidance-none-registered", spec(extra="guidance: [{type: cfg, scale: 2}]"),
-         "`guidance.0`", "no guidance is registered"),
+         "`guidance`", "no guidance is registered"),
     case("guidance-not-a-list", spec(extra="guidance: {type: cfg}"), "`guidance`", "valid list"),
     # --- whole-document problems ----------------------------------------------------------------
     case("empty-file", "", "the spec is empty", "mapping"),

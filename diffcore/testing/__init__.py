@@ -22,10 +22,17 @@ def plugin_registered(plugin: object, name: str | None = None, *,
     """Register ``plugin`` (a module or object with a ``diffcore_register`` hook), yield its
     :class:`~diffcore.registry.PluginInfo`, and unregister it afterwards.
 
-    Raises :class:`~diffcore.errors.PluginError` if the plugin failed to register anything it
-    declared (its errors are in the message), so a broken plugin fails the test that uses it.
+    A plugin already registered (say, loaded from its installed entry point) is left as it is and
+    its info yielded, so a plugin's tests pass whether or not the plugin is installed. Raises
+    :class:`~diffcore.errors.PluginError` if the plugin failed to register anything it declared
+    (its errors are in the message), so a broken plugin fails the test that uses it.
     """
     registry = registry or get_registry()
+    if registry.pm.is_registered(plugin):  # already loaded, e.g. from its installed entry point
+        loaded = registry.pm.get_name(plugin)
+        if loaded is not None and loaded in registry.plugins:
+            yield registry.plugins[loaded]
+            return
     name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
     info = registry.register_plugin(plugin, name)
     try:
