@@ -361,7 +361,7 @@ def _kind_at(loc: list[int | str]) -> str | None:
 
 def _allowed_fields(loc: list[int | str], data: Any, registry: Registry | None) -> list[str] | None:
     if not loc:
-        return [*_FIELD_KIND, "shape"]
+        return list(pipeline_spec_model(registry).model_fields) if registry is not None else None
     kind = _kind_at(loc)
     node = _node_at(data, loc)
     if kind is None or registry is None or not isinstance(node, dict):
