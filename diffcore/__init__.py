@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib import metadata
 
 from diffcore.component import Component, Params
+from diffcore.data import Dataset
 from diffcore.errors import (
     CompatibilityError,
     DiffcoreError,
@@ -39,6 +40,7 @@ __all__ = [
     "LINEAR_GAUSSIAN",
     "CompatibilityError",
     "Component",
+    "Dataset",
     "DiffcoreError",
     "ForwardProcess",
     "Guidance",

@@ -27,6 +27,7 @@ import pluggy
 
 from diffcore import hookspecs
 from diffcore.component import Component, Params
+from diffcore.data import Dataset
 from diffcore.errors import PluginError, RegistryError
 from diffcore.guidance import Guidance
 from diffcore.model import ScoreModel
@@ -44,6 +45,7 @@ KINDS: dict[str, type[Component]] = {
     "objective": Objective,
     "sampler": Sampler,
     "guidance": Guidance,
+    "dataset": Dataset,
 }
 """Component kinds and the interface each one implements."""
 
