@@ -74,6 +74,25 @@ def to_score(output: Tensor, kind: str, x: Tensor, t: Tensor, process: ForwardPr
     return (alpha * x0 - x) / sigma**2
 
 
+def convert(output: Tensor, kind: str, target: str, x: Tensor, t: Tensor, process: ForwardProcess) -> Tensor:
+    """Convert a model output of ``kind`` at ``(x, t)`` into ``target`` (score, eps, x0 or v)."""
+    score = to_score(output, kind, x, t, process)
+    if target == "score":
+        return score
+    if not isinstance(process, LinearGaussianProcess):
+        raise CompatibilityError(f"converting to {target!r} needs a linear-Gaussian process")
+    alpha, sigma = bcast(process.alpha(t), x), bcast(process.sigma(t), x)
+    eps = -sigma * score
+    x0 = (x - sigma * eps) / alpha
+    if target == "eps":
+        return eps
+    if target == "x0":
+        return x0
+    if target == "v":
+        return alpha * eps - sigma * x0
+    raise CompatibilityError(f"unknown target kind {target!r}; expected one of {OUTPUT_KINDS}")
+
+
 def score_function(model: ScoreModel, process: ForwardProcess, cond: Tensor | None = None) -> ScoreFn:
     """The score ``(x, t) -> (B, *event)`` of ``model`` under ``process``, conditioned on ``cond``."""
 

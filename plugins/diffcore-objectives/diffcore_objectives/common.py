@@ -1,0 +1,33 @@
+"""What the objectives share: drawing times and perturbing data with a linear-Gaussian process."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from diffcore.noise import NoiseSource
+from diffcore.process import ForwardProcess, LinearGaussianProcess
+from diffcore.utils import bcast
+
+
+def linear_gaussian(process: ForwardProcess) -> LinearGaussianProcess:
+    if not isinstance(process, LinearGaussianProcess):  # the pipeline checks `requires` first
+        raise TypeError(f"{type(process).__name__} is not a linear-Gaussian process")
+    return process
+
+
+def uniform_times(process: ForwardProcess, noise: NoiseSource, dtype: torch.dtype) -> Tensor:
+    """``(B,)`` times uniform on ``[t_min, T]``."""
+    u = noise.uniform((), step=0, stream="t", dtype=torch.float64)
+    return (process.t_min + (process.T - process.t_min) * u).to(dtype)
+
+
+def perturb(process: LinearGaussianProcess, x0: Tensor, t: Tensor, noise: NoiseSource) -> tuple[Tensor, Tensor]:
+    """``x_t = alpha(t) x0 + sigma(t) eps`` and ``eps``, both shaped like ``x0``."""
+    eps = noise.normal(tuple(x0.shape[1:]), step=0, stream="eps", dtype=x0.dtype)
+    return bcast(process.alpha(t), x0) * x0 + bcast(process.sigma(t), x0) * eps, eps
+
+
+def sum_event(x: Tensor) -> Tensor:
+    """Sum over every dimension but the batch: ``(B, *event) -> (B,)``."""
+    return x.reshape(x.shape[0], -1).sum(1)

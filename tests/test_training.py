@@ -1,0 +1,68 @@
+"""The training loop and the MLP backbone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffcore import get_registry
+from diffcore.model import to_score
+from diffcore.testing.conformance import REFERENCE_MIXTURE, sample_mixture
+from diffcore.training import TrainConfig, fit
+from diffcore_models import GaussianMixture
+
+REGISTRY = get_registry()
+
+
+def test_mlp_shapes_and_class_conditioning() -> None:
+    torch.manual_seed(0)
+    mlp = REGISTRY.build("model", "mlp", shape=[3, 2], num_classes=4, output="eps")
+    x, t = torch.randn(5, 3, 2), torch.rand(5)
+    assert mlp(x, t).shape == (5, 3, 2)
+    null = torch.full((5,), 4)
+    assert torch.equal(mlp(x, t, None), mlp(x, t, null))
+    assert not torch.equal(mlp(x, t, torch.zeros(5, dtype=torch.long)), mlp(x, t, null))
+    with pytest.raises(ValueError, match="null label"):
+        mlp(x, t, torch.full((5,), 5))
+
+
+def config(steps: int) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=256, lr=2e-3, warmup=50, seed=3)
+
+
+def test_training_is_deterministic_given_the_seed() -> None:
+    data = sample_mixture(REFERENCE_MIXTURE, 2000, torch.Generator().manual_seed(0)).float()
+    process = REGISTRY.build("process", "vp")
+    results = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = REGISTRY.build("model", "mlp", shape=[2], hidden=64)
+        results.append(fit(model, REGISTRY.build("objective", "dsm"), process, data, config(30)))  # type: ignore[arg-type]
+    assert results[0].losses == results[1].losses
+    for a, b in zip(results[0].ema.state_dict().values(), results[1].ema.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_dsm_learns_the_mixture_score() -> None:
+    """An MLP trained with DSM (sigma^2 weighting, 1500 steps) gets the score of p_t to within a
+    relative error of 5% at t = 0.5 and 0.9 and 10% at t = 0.1 (measured: about 0.014, 0.003,
+    0.0003 at 2000 steps)."""
+    data = sample_mixture(REFERENCE_MIXTURE, 20_000, torch.Generator().manual_seed(0)).float()
+    process = REGISTRY.build("process", "vp")
+    torch.manual_seed(0)
+    model = REGISTRY.build("model", "mlp", shape=[2], hidden=128, output="eps")
+    result = fit(model, REGISTRY.build("objective", "dsm"), process, data, config(1500))  # type: ignore[arg-type]
+    truth = GaussianMixture(**REFERENCE_MIXTURE)
+    truth.bind(process)
+    gen = torch.Generator().manual_seed(5)
+    for t_value, bound in [(0.1, 0.10), (0.5, 0.05), (0.9, 0.05)]:
+        t = torch.full((4000,), t_value, dtype=torch.float64)
+        x0 = sample_mixture(REFERENCE_MIXTURE, 4000, gen)
+        x = (process.alpha(t)[:, None] * x0 + process.sigma(t)[:, None] * torch.randn(x0.shape, generator=gen,
+                                                                                       dtype=torch.float64))
+        with torch.no_grad():
+            learned = to_score(result.ema(x.float(), t.float()), "eps", x.float(), t.float(), process).double()
+        exact = truth(x, t)
+        rel = float(((learned - exact) ** 2).sum(1).mean() / (exact**2).sum(1).mean())
+        print(f"t={t_value}: relative score error {rel:.4f}")
+        assert rel < bound
