@@ -1,5 +1,5 @@
-"""Training: the optimisation loop (checkpoints, distributed runs and the CLI build on it)."""
+"""Training: the optimisation loop and atomic safetensors checkpoints."""
 
-from diffcore.training.loop import TrainConfig, TrainResult, fit
+from diffcore.training.loop import TrainConfig, Trainer, TrainResult, fit
 
-__all__ = ["TrainConfig", "TrainResult", "fit"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "fit"]

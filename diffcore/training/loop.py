@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +22,7 @@ from diffcore.noise import NoiseSource
 from diffcore.objective import Objective
 from diffcore.process import ForwardProcess
 from diffcore.sampler import check_compatible
+from diffcore.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 class TrainConfig(BaseModel):
@@ -58,6 +61,103 @@ def _ema_with_warmup(decay: float) -> Callable[[Tensor, Tensor, Tensor | int], T
     return update
 
 
+class Trainer:
+    """The loop with its state: model, EMA, optimiser, schedule, batch generator and step.
+
+    ``run(until)`` trains to step ``until``; ``save(run_dir)`` writes an atomic checkpoint and
+    ``load(path)`` restores one, so a run resumed from a checkpoint ends bitwise equal to an
+    uninterrupted run (same device and library versions).
+    """
+
+    def __init__(self, model: ScoreModel, objective: Objective, process: ForwardProcess, data: Tensor,
+                 config: TrainConfig | None = None, *, labels: Tensor | None = None,
+                 spec: dict[str, Any] | None = None) -> None:
+        self.config = config or TrainConfig()
+        check_compatible(objective, process)
+        model.bind(process)
+        self.model, self.objective, self.process = model, objective, process
+        self.data, self.labels, self.spec = data, labels, spec or {}
+        self.optimiser = torch.optim.AdamW(model.parameters(), lr=self.config.lr,
+                                           weight_decay=self.config.weight_decay)
+        warmup = max(self.config.warmup, 1)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimiser, lambda k: min(1.0, (k + 1) / warmup))
+        self.ema = AveragedModel(model, avg_fn=_ema_with_warmup(self.config.ema_decay), use_buffers=True)
+        self.batches = torch.Generator().manual_seed(self.config.seed)
+        self.step = 0
+        self.losses: list[float] = []
+
+    def train_step(self) -> float:
+        """One optimiser step on a fresh batch; returns the loss."""
+        cfg, device = self.config, self.data.device
+        rows = torch.randint(0, self.data.shape[0], (cfg.batch_size,), generator=self.batches).to(device)
+        first = self.step * cfg.batch_size
+        noise = NoiseSource(cfg.seed, torch.arange(first, first + cfg.batch_size, device=device))
+        cond = self.labels[rows] if self.labels is not None else None
+        self.model.train()
+        loss = self.objective.loss(self.model, self.process, self.data[rows], noise, cond)
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimiser.step()
+        self.schedule.step()
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        self.losses.append(float(loss.detach()))
+        return self.losses[-1]
+
+    def run(self, until: int | None = None, on_step: Callable[[int, float], None] | None = None, *,
+            run_dir: Path | None = None, checkpoint_every: int | None = None) -> TrainResult:
+        """Train up to step ``until`` (default: ``config.steps``), checkpointing into ``run_dir``
+        every ``checkpoint_every`` steps and at the end."""
+        until = self.config.steps if until is None else until
+        while self.step < until:
+            loss = self.train_step()
+            if on_step is not None:
+                on_step(self.step, loss)
+            if run_dir is not None and checkpoint_every and self.step % checkpoint_every == 0:
+                self.save(run_dir)
+        if run_dir is not None:
+            self.save(run_dir)
+        self.model.eval()
+        return TrainResult(model=self.model, ema=self.ema_model(), losses=list(self.losses))
+
+    def ema_model(self) -> ScoreModel:
+        """A copy of the model holding the EMA weights."""
+        ema_model = copy.deepcopy(self.model)
+        ema_model.load_state_dict(self.ema.module.state_dict())
+        ema_model.bind(self.process)
+        ema_model.eval()
+        return ema_model
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def save(self, run_dir: Path) -> Path:
+        """Write an atomic checkpoint of the current state into ``run_dir``."""
+        optim = self.optimiser.state_dict()
+        state = {f"optim.{i}.{k}": v for i, entry in optim["state"].items() for k, v in entry.items()}
+        state["batches"] = self.batches.get_state()
+        metadata = {"spec": self.spec, "train": self.config.model_dump(), "losses": self.losses,
+                    "param_groups": optim["param_groups"], "schedule": self.schedule.state_dict()}
+        return save_checkpoint(run_dir, self.step, {"model": self.model.state_dict(),
+                                                     "ema": self.ema.state_dict(), "state": state}, metadata)
+
+    def load(self, path: Path) -> None:
+        """Restore the state saved by :meth:`save` (``path``: a checkpoint or a run directory)."""
+        files, meta = load_checkpoint(latest_checkpoint(path))
+        self.model.load_state_dict(files["model"])
+        self.ema.load_state_dict(files["ema"])
+        optim_state: dict[int, dict[str, Tensor]] = {}
+        for key, value in files["state"].items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                optim_state.setdefault(int(index), {})[name] = value
+        self.optimiser.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
+        self.schedule.load_state_dict(meta["schedule"])
+        self.batches.set_state(files["state"]["batches"])
+        self.step, self.losses = int(meta["step"]), list(meta["losses"])
+
+
 def fit(model: ScoreModel, objective: Objective, process: ForwardProcess, data: Tensor,
         config: TrainConfig | None = None, *, labels: Tensor | None = None,
         on_step: Callable[[int, float], None] | None = None) -> TrainResult:
@@ -65,35 +165,4 @@ def fit(model: ScoreModel, objective: Objective, process: ForwardProcess, data: 
 
     Returns the model (trained in place), a separate EMA copy and the per-step losses.
     """
-    config = config or TrainConfig()
-    check_compatible(objective, process)
-    model.bind(process)
-    device = data.device
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(config.warmup, 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: min(1.0, (step + 1) / warmup))
-    ema = AveragedModel(model, avg_fn=_ema_with_warmup(config.ema_decay), use_buffers=True)
-    batches = torch.Generator().manual_seed(config.seed)
-    losses: list[float] = []
-    model.train()
-    for step in range(config.steps):
-        rows = torch.randint(0, data.shape[0], (config.batch_size,), generator=batches).to(device)
-        first = step * config.batch_size
-        noise = NoiseSource(config.seed, torch.arange(first, first + config.batch_size, device=device))
-        cond = labels[rows] if labels is not None else None
-        loss = objective.loss(model, process, data[rows], noise, cond)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        if config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimiser.step()
-        schedule.step()
-        ema.update_parameters(model)
-        losses.append(float(loss.detach()))
-        if on_step is not None:
-            on_step(step, losses[-1])
-    model.eval()
-    ema_model = copy.deepcopy(model)
-    ema_model.load_state_dict(ema.module.state_dict())
-    ema_model.bind(process)
-    return TrainResult(model=model, ema=ema_model, losses=losses)
+    return Trainer(model, objective, process, data, config, labels=labels).run(on_step=on_step)
