@@ -7,6 +7,8 @@ Shapes: data ``(N, *event)`` float32, labels ``(N,)`` int64.
 from __future__ import annotations
 
 import abc
+import math
+from functools import cached_property
 from typing import ClassVar, Literal
 
 import torch
@@ -14,6 +16,7 @@ from pydantic import Field
 from torch import Tensor
 
 from diffcore.component import Component, Params
+from diffcore.errors import UsageError
 
 
 class DataParams(Params):
@@ -47,35 +50,47 @@ class Dataset(Component, abc.ABC):
 
     def split(self, part: Literal["train", "test"] = "train") -> tuple[Tensor, Tensor | None]:
         """The ``part`` split, scaled to the model's range: data ``(n, *event)``, labels or ``None``."""
+        if part not in ("train", "test"):
+            raise UsageError(f"split must be 'train' or 'test', got {part!r}")
         x, y = self.arrays()
-        train_rows, test_rows = self._rows(x.shape[0])
-        rows = train_rows if part == "train" else test_rows
-        shift, mult = self._affine(x[train_rows])
+        rows = self.split_rows[0] if part == "train" else self.split_rows[1]
+        shift, mult = self.scaling
         return ((x[rows] - shift) * mult).float(), (y[rows] if y is not None else None)
 
-    def _rows(self, n: int) -> tuple[Tensor, Tensor]:
+    @cached_property
+    def split_rows(self) -> tuple[Tensor, Tensor]:
         """Row indices of the train and test splits (a seeded permutation)."""
+        x, y = self.arrays()
+        n = x.shape[0]
+        if y is not None and tuple(y.shape) != (n,):
+            raise UsageError(f"dataset {self.name!r}: labels have shape {tuple(y.shape)}, expected ({n},)")
         n_test = round(self.params.holdout * n)
+        if n - n_test < 2:
+            raise UsageError(f"dataset {self.name!r}: holdout {self.params.holdout} of {n} samples leaves "
+                             f"{n - n_test} for training; lower holdout")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.params.split_seed))
         return perm[n_test:], perm[:n_test]
 
-    def _affine(self, train: Tensor) -> tuple[float, float]:
-        """``(shift, mult)`` with model value ``(raw - shift) * mult``, from the raw training split."""
+    @cached_property
+    def scaling(self) -> tuple[float, float]:
+        """``(shift, mult)``: model value ``= (raw - shift) * mult``, from the raw training split.
+        With dequantisation the range covers the half bins beyond the extreme values, so
+        ``minus_one_one`` data stays within ``[-1, 1]`` after dequantising."""
+        train = self.arrays()[0][self.split_rows[0]].double()
         if self.params.scale == "minus_one_one":
-            lo, hi = float(train.min()), float(train.max())
+            half = 0.5 * (self.bin_width or 0.0) if self.params.dequantize else 0.0
+            lo, hi = float(train.min()) - half, float(train.max()) + half
             return 0.5 * (lo + hi), 2.0 / max(hi - lo, 1e-12)
         if self.params.scale == "standardize":
-            return float(train.mean()), 1.0 / max(float(train.std()), 1e-12)
+            std = float(train.std())
+            if not math.isfinite(std) or std <= 0:
+                raise UsageError(f"dataset {self.name!r}: cannot standardize data with std {std}; use scale: none")
+            return float(train.mean()), 1.0 / std
         return 0.0, 1.0
-
-    def scaling(self) -> tuple[float, float]:
-        """``(shift, mult)`` of this dataset: model value ``= (raw - shift) * mult``."""
-        x, _ = self.arrays()
-        return self._affine(x[self._rows(x.shape[0])[0]])
 
     def to_raw(self, x: Tensor) -> Tensor:
         """Map model-range values back to the raw data's range (for images and reports)."""
-        shift, mult = self.scaling()
+        shift, mult = self.scaling
         return x / mult + shift
 
     def dequantize(self, x: Tensor, u: Tensor) -> Tensor:
@@ -84,5 +99,5 @@ class Dataset(Component, abc.ABC):
         if not self.params.dequantize:
             return x
         if self.bin_width is None:
-            raise ValueError(f"dataset {self.name!r} is not discrete (no bin_width); set dequantize: false")
-        return x + (u - 0.5) * self.bin_width * self.scaling()[1]
+            raise UsageError(f"dataset {self.name!r} is not discrete (no bin_width); set dequantize: false")
+        return x + (u - 0.5) * self.bin_width * self.scaling[1]

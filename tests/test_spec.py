@@ -46,10 +46,13 @@ def test_spec_model_is_cached_per_registry_generation() -> None:
 
 
 def test_one_member_kind_validates_and_reports_unknown_names() -> None:
-    """`model` has a single registered member (gmm): no discriminated union, same messages."""
-    assert get_registry().names("model") == ["gmm"]
+    """A kind with a single registered member: no discriminated union, same messages."""
+    registry = Registry()
+    registry.load_entry_points()
+    registry.unregister_plugin("backbones")
+    assert registry.names("model") == ["gmm"]
     with pytest.raises(SpecError) as exc:
-        validate_spec({**SPEC, "model": {**SPEC["model"], "type": "gm"}})
+        validate_spec({**SPEC, "model": {**SPEC["model"], "type": "gm"}}, registry=registry)
     assert "`model.type`: no model named 'gm'; did you mean 'gmm'?" in str(exc.value)
 
 

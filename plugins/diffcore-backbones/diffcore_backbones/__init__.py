@@ -1,4 +1,4 @@
-"""Standard backbones: ``mlp`` for vector data."""
+"""Standard backbones: ``mlp`` for vector data, ``unet`` for images."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from typing import Any
 
 from diffcore import hookimpl
 from diffcore_backbones.mlp import MLP
+from diffcore_backbones.unet import UNet
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "UNet"]
 
 
 @hookimpl
 def diffcore_register(register: Callable[[type[Any]], None]) -> None:
     register(MLP)
+    register(UNet)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from diffcore.component import Params
 from diffcore.model import ScoreModel
-from diffcore_backbones.embedding import ClassEmbedding, TimeEmbedding
+from diffcore_backbones.embedding import ClassEmbedding, TimeEmbedding, embed
 
 
 class MLPParams(Params):
@@ -55,8 +55,6 @@ class MLP(ScoreModel):
         return self.params.num_classes
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        emb = self.time(t)
-        if self.classes is not None:
-            emb = emb + self.classes(cond, x.shape[0], x.device)
+        emb = embed(self.time, self.classes, t, cond, x.shape[0], x.device)
         h = self.net(torch.cat([rearrange(x, "b ... -> b (...)"), emb.to(x.dtype)], dim=1))
         return h.reshape(x.shape)

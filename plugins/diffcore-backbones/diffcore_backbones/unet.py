@@ -1,0 +1,263 @@
+"""A small U-Net score network for images, in the DDPM++ / NCSN++ style (Ho et al. 2020; Song et al. 2021).
+
+Sized for small images (8x8 digits up to 32x32). ``x`` ``(B, C, H, W)``, ``t`` ``(B,)`` in ``[0, T]``
+and optional class labels ``cond`` ``(B,)`` map to ``(B, C, H, W)`` of kind ``params.output``.
+
+Layout, for ``channel_mults = [m_0, ..., m_{L-1}]`` and base width ``c``::
+
+    conv3x3 -> [level i: num_res_blocks x (ResBlock(c m_i) [+ attention]), strided-conv downsample]
+            -> middle: ResBlock, attention, ResBlock
+            -> [level i reversed: (num_res_blocks + 1) x (concat skip, ResBlock [+ attention]), upsample]
+            -> GroupNorm, SiLU, conv3x3 (zero-initialised)
+
+ResBlocks use FiLM (scale-shift) conditioning on the time (+ class) embedding, a zero-initialised last
+convolution and residuals scaled by ``1/sqrt(2)`` (NCSN++ ``skip_rescale``); attention is single-head
+self-attention over the ``H W`` positions via :func:`torch.nn.functional.scaled_dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from diffcore.component import Params
+from diffcore.model import ScoreModel
+from diffcore_backbones.embedding import ClassEmbedding, TimeEmbedding, embed
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+
+
+class UNetParams(Params):
+    """Parameters of :class:`UNet`; ``image_size`` must be divisible by ``2**(len(channel_mults) - 1)``."""
+
+    in_channels: int = Field(1, gt=0, description="Image channels C.")
+    image_size: int = Field(8, gt=0, description="Height and width of the (square) images.")
+    channels: int = Field(64, gt=0, description="Base width of the network.")
+    channel_mults: list[int] = Field(
+        default_factory=lambda: [1, 2], min_length=1,
+        description="Width multiplier per resolution level; each level after the first halves the size.",
+    )
+    num_res_blocks: int = Field(2, ge=1, description="ResBlocks per level on the way down.")
+    attention_resolutions: list[int] = Field(
+        default_factory=lambda: [4], description="Spatial sizes at which self-attention is applied.",
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the ResBlocks.")
+    num_classes: int | None = Field(None, gt=0, description="Classes for conditioning (plus a null label).")
+    output: Literal["score", "eps", "x0", "v"] = Field("eps", description="What the network predicts.")
+    embedding_dim: int | None = Field(
+        None, gt=0, description="Width of the time (and class) embedding; default 4 * channels.",
+    )
+    time_embedding: Literal["fourier", "sinusoidal"] = Field(
+        "sinusoidal", description="Time features: sinusoidal of 1000 t (DDPM) or random Fourier (NCSN++).",
+    )
+    fourier_scale: float = Field(16.0, gt=0, description="Std of the random Fourier frequencies.")
+
+    @model_validator(mode="after")
+    def _check(self) -> UNetParams:
+        if any(m <= 0 for m in self.channel_mults):
+            raise ValueError(f"channel_mults must all be positive, got {self.channel_mults}")
+        factor = 2 ** (len(self.channel_mults) - 1)
+        if self.image_size % factor:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by 2**(len(channel_mults) - 1) = {factor} "
+                f"(channel_mults {self.channel_mults} has {len(self.channel_mults)} levels, each after the "
+                f"first halving the size); use a smaller channel_mults or another image_size"
+            )
+        reachable = self.resolutions
+        bad = [r for r in self.attention_resolutions if r not in reachable]
+        if bad:
+            raise ValueError(
+                f"attention_resolutions {bad} are never reached: with image_size {self.image_size} and "
+                f"{len(self.channel_mults)} levels the feature maps have sizes {reachable}"
+            )
+        if self.embedding_dim is not None and self.embedding_dim % 2:
+            raise ValueError(f"embedding_dim must be even, got {self.embedding_dim}")
+        return self
+
+    @property
+    def resolutions(self) -> list[int]:
+        """Spatial size at each level, ``[image_size, image_size / 2, ...]``."""
+        return [self.image_size // 2**i for i in range(len(self.channel_mults))]
+
+    @property
+    def emb_dim(self) -> int:
+        """The embedding width actually used: ``embedding_dim`` or ``4 * channels``."""
+        return self.embedding_dim if self.embedding_dim is not None else 4 * self.channels
+
+
+def _groups(channels: int) -> int:
+    """The largest number of GroupNorm groups ``<= 32`` dividing ``channels``."""
+    return max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(_groups(channels), channels, eps=1e-6)
+
+
+def _zero(module: nn.Conv2d) -> nn.Conv2d:
+    nn.init.zeros_(module.weight)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+    return module
+
+
+class _ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, FiLM by the embedding, GroupNorm-SiLU-dropout-conv (zero-initialised),
+    plus a (1x1-projected when widths differ) skip; the sum is scaled by ``1/sqrt(2)``."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = _norm(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = _norm(cout)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip: nn.Module = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = rearrange(self.emb(F.silu(emb)), "b (two c) -> two b c 1 1", two=2)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        out: Tensor = (self.skip(x) + h) * _SQRT_HALF
+        return out
+
+
+class _Attention(nn.Module):
+    """Single-head self-attention over the ``H W`` positions, residual scaled by ``1/sqrt(2)``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = _norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        height = x.shape[2]
+        q, k, v = rearrange(self.qkv(self.norm(x)), "b (three c) h w -> three b 1 (h w) c", three=3)
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = rearrange(h, "b 1 (h w) c -> b c h w", h=height)
+        out: Tensor = (x + self.proj(h)) * _SQRT_HALF
+        return out
+
+
+class _Downsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.conv(x)
+        return out
+
+
+class _Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return out
+
+
+class _Level(nn.Module):
+    """One ResBlock, optionally followed by attention."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, attention: bool) -> None:
+        super().__init__()
+        self.res = _ResBlock(cin, cout, emb_dim, dropout)
+        self.attn: nn.Module = _Attention(cout) if attention else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        out: Tensor = self.attn(self.res(x, emb))
+        return out
+
+
+class UNet(ScoreModel):
+    """A small U-Net for images ``(B, in_channels, image_size, image_size)``; see the module docstring.
+
+    ``cond`` (when ``num_classes`` is set) holds integer labels in ``[0, num_classes]``; the label
+    ``num_classes`` (:attr:`null_label`) means "no condition" and ``cond=None`` means all null, for
+    classifier-free guidance. An unconditional U-Net rejects a ``cond``. ``x`` of another shape with
+    ``C H W`` values per sample (a pipeline's flat ``shape``) is reshaped to the image and back.
+    """
+
+    name = "unet"
+    Params = UNetParams
+    params: UNetParams
+
+    def __init__(self, params: UNetParams | None = None, /, **kwargs: object) -> None:
+        super().__init__(params, **kwargs)
+        p = self.params
+        self.output = p.output
+        self.image_shape: tuple[int, int, int] = (p.in_channels, p.image_size, p.image_size)
+        self.event_shape = self.image_shape
+        emb_dim = p.emb_dim
+        self.time = TimeEmbedding(emb_dim, p.time_embedding, p.fourier_scale, features=p.channels)
+        self.classes = ClassEmbedding(p.num_classes, emb_dim) if p.num_classes is not None else None
+
+        widths = [p.channels * m for m in p.channel_mults]
+        self.conv_in = nn.Conv2d(p.in_channels, p.channels, 3, padding=1)
+        self.down = nn.ModuleList()
+        skips = [p.channels]
+        cur = p.channels
+        for i, (res, width) in enumerate(zip(p.resolutions, widths, strict=True)):
+            for _ in range(p.num_res_blocks):
+                self.down.append(_Level(cur, width, emb_dim, p.dropout, res in p.attention_resolutions))
+                cur = width
+                skips.append(cur)
+            if i < len(widths) - 1:
+                self.down.append(_Downsample(cur))
+                skips.append(cur)
+
+        self.mid1 = _ResBlock(cur, cur, emb_dim, p.dropout)
+        self.mid_attn = _Attention(cur)
+        self.mid2 = _ResBlock(cur, cur, emb_dim, p.dropout)
+
+        self.up = nn.ModuleList()
+        for i in reversed(range(len(widths))):
+            res, width = p.resolutions[i], widths[i]
+            for _ in range(p.num_res_blocks + 1):
+                self.up.append(_Level(cur + skips.pop(), width, emb_dim, p.dropout, res in p.attention_resolutions))
+                cur = width
+            if i > 0:
+                self.up.append(_Upsample(cur))
+        assert not skips
+
+        self.norm_out = _norm(cur)
+        self.conv_out = _zero(nn.Conv2d(cur, p.in_channels, 3, padding=1))
+
+    @property
+    def null_label(self) -> int | None:
+        """The label meaning "no condition" (``num_classes``); ``None`` for an unconditional U-Net."""
+        return self.params.num_classes
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        shape = x.shape
+        if tuple(shape[1:]) != self.image_shape:
+            # a pipeline may hold samples in another shape with as many values (e.g. flat vectors)
+            c, size, _ = self.image_shape
+            if x.ndim < 2 or math.prod(shape[1:]) != c * size * size:
+                raise ValueError(f"the U-Net expects x of shape (B, {', '.join(map(str, self.image_shape))}) "
+                                 f"or (B, ...) with {c * size * size} values per sample, got {tuple(shape)}")
+            x = rearrange(x, "b ... -> b (...)")
+            x = rearrange(x, "b (c h w) -> b c h w", c=c, h=size, w=size)
+        emb = embed(self.time, self.classes, t, cond, x.shape[0], x.device).to(x.dtype)
+        h = self.conv_in(x)
+        hs = [h]
+        for block in self.down:
+            h = block(h, emb) if isinstance(block, _Level) else block(h)
+            hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for block in self.up:
+            h = block(torch.cat([h, hs.pop()], dim=1), emb) if isinstance(block, _Level) else block(h)
+        out: Tensor = self.conv_out(F.silu(self.norm_out(h)))
+        return out.reshape(shape)

@@ -1,0 +1,47 @@
+"""Concentric circles (a generalisation of scikit-learn's ``make_circles``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from diffcore.data import DataParams
+from diffcore_data._cached import CachedDataset, generator
+
+
+class RingsParams(DataParams):
+    num: int = Field(10000, ge=1, description="Number of points, split evenly over the rings (the inner ones "
+                     "get the remainder).")
+    num_rings: int = Field(3, ge=1, description="Number of rings; ring k (label k) has radius (k + 1) / num_rings.")
+    noise: float = Field(0.02, ge=0.0, description="Standard deviation of the Gaussian noise added to each coordinate.")
+    seed: int = Field(0, ge=0, description="Seed of the draw.")
+
+
+Params = RingsParams
+
+
+class Rings(CachedDataset):
+    """Ring ``k`` (label ``k``): radius ``(k + 1) / num_rings``, uniform angle, plus isotropic noise.
+    Rows come in a random (seeded) order."""
+
+    name = "rings"
+    Params = RingsParams
+    params: RingsParams
+
+    def __init__(self, params: RingsParams | None = None, /, **kwargs: object) -> None:
+        super().__init__(params, **kwargs)
+        self.num_classes = self.params.num_rings
+
+    def load(self) -> tuple[Tensor, Tensor]:
+        p, g = self.params, generator(self.params.seed)
+        counts = [p.num // p.num_rings + (k < p.num % p.num_rings) for k in range(p.num_rings)]
+        labels = torch.repeat_interleave(torch.arange(p.num_rings), torch.tensor(counts))
+        radius = (labels.double() + 1.0) / p.num_rings
+        theta = torch.rand(p.num, generator=g, dtype=torch.float64) * (2.0 * math.pi)
+        x = radius[:, None] * torch.stack([theta.cos(), theta.sin()], dim=1)
+        x = x + p.noise * torch.randn(p.num, 2, generator=g, dtype=torch.float64)
+        perm = torch.randperm(p.num, generator=g)
+        return x[perm].float(), labels[perm]
