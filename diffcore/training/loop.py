@@ -132,19 +132,19 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
 
-    def save(self, run_dir: Path) -> Path:
+    def save(self, run_dir: str | Path) -> Path:
         """Write an atomic checkpoint of the current state into ``run_dir``."""
         optim = self.optimiser.state_dict()
         state = {f"optim.{i}.{k}": v for i, entry in optim["state"].items() for k, v in entry.items()}
         state["batches"] = self.batches.get_state()
         metadata = {"spec": self.spec, "train": self.config.model_dump(), "losses": self.losses,
                     "param_groups": optim["param_groups"], "schedule": self.schedule.state_dict()}
-        return save_checkpoint(run_dir, self.step, {"model": self.model.state_dict(),
+        return save_checkpoint(Path(run_dir), self.step, {"model": self.model.state_dict(),
                                                      "ema": self.ema.state_dict(), "state": state}, metadata)
 
-    def load(self, path: Path) -> None:
+    def load(self, path: str | Path) -> None:
         """Restore the state saved by :meth:`save` (``path``: a checkpoint or a run directory)."""
-        files, meta = load_checkpoint(latest_checkpoint(path))
+        files, meta = load_checkpoint(latest_checkpoint(Path(path)))
         self.model.load_state_dict(files["model"])
         self.ema.load_state_dict(files["ema"])
         optim_state: dict[int, dict[str, Tensor]] = {}

@@ -31,8 +31,6 @@ class ArrayParams(DataParams):
                                             "units (e.g. 1 for 8-bit pixels); needed by dequantize.")
 
 
-Params = ArrayParams
-
 
 class ArrayDataset(CachedDataset):
     """Data ``(N, *event)`` as stored (a 1-D array is ``N`` scalars: ``(N, 1)``), converted to float32;
