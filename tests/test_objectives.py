@@ -48,8 +48,8 @@ def excess(objective_name: str, params: dict[str, object], *, in_eps: bool = Fal
     for k in range(chunks):
         noise = NoiseSource.range(7, k * size, (k + 1) * size)
         batch = x0[k * size:(k + 1) * size]
-        values.append(float(objective.loss(shifted_model, process, batch, noise))  # type: ignore[attr-defined]
-                      - float(objective.loss(truth, process, batch, noise)))  # type: ignore[attr-defined]
+        values.append(float(objective.loss(shifted_model, process, batch, noise).detach())  # type: ignore[attr-defined]
+                      - float(objective.loss(truth, process, batch, noise).detach()))  # type: ignore[attr-defined]
         times.append(noise.uniform((), step=0, stream="t", dtype=torch.float64))
     v = torch.tensor(values, dtype=torch.float64)
     t = process.t_min + (process.T - process.t_min) * torch.cat(times)
