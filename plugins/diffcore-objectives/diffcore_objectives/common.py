@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffcore.model import ScoreModel, to_score
 from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, LinearGaussianProcess
 from diffcore.utils import bcast
@@ -31,3 +32,13 @@ def perturb(process: LinearGaussianProcess, x0: Tensor, t: Tensor, noise: NoiseS
 def sum_event(x: Tensor) -> Tensor:
     """Sum over every dimension but the batch: ``(B, *event) -> (B,)``."""
     return x.reshape(x.shape[0], -1).sum(1)
+
+
+def score_on_noisy_data(model: ScoreModel, process: LinearGaussianProcess, x0: Tensor, noise: NoiseSource,
+                        cond: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """For the implicit (Hyvarinen) objectives: ``t`` ``(B,)``, samples ``x_t`` of ``p_t`` that
+    require grad, and the model's score at them (differentiable in ``x_t``)."""
+    t = uniform_times(process, noise, x0.dtype)
+    x_t, _ = perturb(process, x0, t, noise)
+    x_t = x_t.detach().requires_grad_(True)
+    return t, x_t, to_score(model(x_t, t, cond), model.output, x_t, t, process)

@@ -9,11 +9,11 @@ from pydantic import Field
 from torch import Tensor
 
 from diffcore.component import Params
-from diffcore.model import ScoreModel, to_score
+from diffcore.model import ScoreModel
 from diffcore.noise import NoiseSource
 from diffcore.objective import Objective
 from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess
-from diffcore_objectives.common import linear_gaussian, perturb, sum_event, uniform_times
+from diffcore_objectives.common import linear_gaussian, score_on_noisy_data, sum_event
 
 
 class SSMParams(Params):
@@ -36,10 +36,7 @@ class SlicedScoreMatching(Objective):
     def loss(self, model: ScoreModel, process: ForwardProcess, x0: Tensor, noise: NoiseSource,
              cond: Tensor | None = None) -> Tensor:
         lg = linear_gaussian(process)
-        t = uniform_times(lg, noise, x0.dtype)
-        x_t, _ = perturb(lg, x0, t, noise)
-        x_t = x_t.detach().requires_grad_(True)
-        score = to_score(model(x_t, t, cond), model.output, x_t, t, lg)
+        t, x_t, score = score_on_noisy_data(model, lg, x0, noise, cond)
         total = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
         for k in range(self.params.projections):
             v = noise.normal(tuple(x0.shape[1:]), step=k, stream="projection", dtype=x0.dtype)
