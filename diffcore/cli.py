@@ -69,8 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("sample", help="draw samples from a spec into a .npy file")
+    p = sub.add_parser("train", help="train the spec's model on its data with its objective")
     p.add_argument("spec", type=Path)
+    p.add_argument("--out", type=Path, help="run directory for checkpoints (default: runs/<spec name>)")
+    p.add_argument("--resume", type=Path, help="resume from this run directory (or checkpoint)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: steps / 10)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    _add_set(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="draw samples from a spec or a trained checkpoint into a .npy file")
+    p.add_argument("spec", type=Path, help="a spec file, or a run directory / checkpoint of `diffcore train`")
     p.add_argument("--num", type=int, required=True, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i)")
     p.add_argument("--out", type=Path, required=True, help="output .npy file, shape (num, *shape)")
@@ -186,10 +195,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
-    from diffcore.pipeline import Pipeline, default_device
-    from diffcore.spec import apply_overrides, read_spec, validate_spec
+    from diffcore.pipeline import Pipeline
+    from diffcore.spec import apply_overrides, validate_spec
 
     if args.num < 1:
         raise UsageError(f"--num must be positive, got {args.num}")
@@ -197,11 +205,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
     if not 0 <= args.seed < 2**64:
         raise UsageError(f"--seed must be in [0, 2**64), got {args.seed}")
-    device = torch.device(args.device) if args.device else default_device()
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available here; use --device cpu")
+    device = _device(args.device)
 
-    data = read_spec(args.spec)
+    data, checkpoint = _spec_or_checkpoint(args.spec)
     if args.sampler is not None:
         data["sampler"] = {"type": args.sampler}
     if args.steps is not None:
@@ -210,6 +216,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         data["sampler"]["steps"] = args.steps
     spec = validate_spec(apply_overrides(data, args.overrides), source=str(args.spec))
     pipe = Pipeline.from_spec(spec)
+    if checkpoint is not None:
+        _load_ema_weights(pipe.model, checkpoint)
 
     latents = None
     if args.latents is not None:
@@ -247,6 +255,82 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {args.num} samples of shape {tuple(pipe.shape)} to {out} (sampler "
               f"{pipe.sampler.name}, NFE {max(nfes)}, {seconds:.2f} s on {device})")
+    return 0
+
+
+def _device(name: str | None) -> Any:
+    import torch
+
+    from diffcore.pipeline import default_device
+
+    device = torch.device(name) if name else default_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+def _spec_or_checkpoint(path: Path) -> tuple[dict[str, Any], Path | None]:
+    """The spec mapping of a spec file, or of a checkpoint (its metadata) and the checkpoint path."""
+    from diffcore.spec import as_mapping, read_spec
+    from diffcore.training.checkpoint import latest_checkpoint, load_checkpoint
+
+    if not path.is_dir():
+        return read_spec(path), None
+    checkpoint = latest_checkpoint(path)
+    _, meta = load_checkpoint(checkpoint, names=("model",))
+    return as_mapping(meta.get("spec"), source=str(checkpoint)), checkpoint
+
+
+def _load_ema_weights(model: Any, checkpoint: Path) -> None:
+    from diffcore.training.checkpoint import load_checkpoint
+
+    files, _ = load_checkpoint(checkpoint, names=("ema",))
+    weights = {k.removeprefix("module."): v for k, v in files["ema"].items() if k.startswith("module.")}
+    model.load_state_dict(weights)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from diffcore.pipeline import Pipeline
+    from diffcore.registry import get_registry
+    from diffcore.spec import apply_overrides, validate_spec
+    from diffcore.training import Trainer
+
+    device = _device(args.device)
+    data, _ = _spec_or_checkpoint(args.resume or args.spec)
+    if args.resume is None:
+        data = apply_overrides(data, args.overrides)
+    spec = validate_spec(data, source=str(args.spec))
+    for field in ("objective", "data", "train"):
+        if getattr(spec, field) is None:
+            raise UsageError(f"{args.spec}: training needs `{field}` in the spec; see `diffcore list` "
+                             "for objectives and datasets, and docs/user-guide.md for `train`")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise UsageError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
+    registry = get_registry()
+    pipe = Pipeline.from_spec(spec, registry=registry)
+    obj_type, obj_params = spec.component("objective")
+    data_type, data_params = spec.component("data")
+    dataset = registry.build("dataset", data_type, **data_params)
+    x, labels = dataset.split("train")  # type: ignore[attr-defined]
+    use_labels = labels is not None and getattr(pipe.model, "null_label", None) is not None
+    trainer = Trainer(pipe.model.to(device), registry.build("objective", obj_type, **obj_params),  # type: ignore[arg-type]
+                      pipe.process, x.to(device), spec.train,  # type: ignore[attr-defined]
+                      labels=labels.to(device) if use_labels and labels is not None else None,
+                      spec=spec.model_dump(mode="json"),
+                      transform=lambda batch, noise: dataset.dequantize(  # type: ignore[attr-defined]
+                          batch, noise.uniform(tuple(batch.shape[1:]), step=0, stream="dequantize",
+                                               dtype=batch.dtype)))
+    if args.resume is not None:
+        trainer.load(args.resume)
+    out = args.out or args.resume or Path("runs") / args.spec.stem
+    steps = spec.train.steps  # type: ignore[attr-defined]
+    start = time.perf_counter()
+    trainer.run(run_dir=out, checkpoint_every=args.checkpoint_every or max(1, steps // 10))
+    seconds = time.perf_counter() - start
+    tail = trainer.losses[-min(100, len(trainer.losses)):]
+    print(json.dumps({"out": str(out), "steps": trainer.step, "seconds": round(seconds, 3),
+                      "first_loss": trainer.losses[0] if trainer.losses else None,
+                      "final_loss": sum(tail) / max(1, len(tail)), "device": str(device)}))
     return 0
 
 

@@ -31,10 +31,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from diffcore.errors import RegistryError, SpecError
 from diffcore.registry import Entry, Registry, closest_first, get_registry, similarity, unknown_name_message
+from diffcore.training.config import TrainConfig
 
 MAX_SPEC_BYTES = 1 << 20
-COMPONENT_FIELDS: dict[str, str] = {"process": "process", "model": "model", "sampler": "sampler"}
+COMPONENT_FIELDS: dict[str, str] = {"process": "process", "model": "model", "sampler": "sampler",
+                                    "objective": "objective", "data": "dataset"}
 """Spec fields holding exactly one component, and the kind of each."""
+OPTIONAL_FIELDS = frozenset({"objective", "data"})
+"""Component fields only training needs."""
 LIST_FIELDS: dict[str, str] = {"guidance": "guidance"}
 """Spec fields holding a list of components, and the kind of each."""
 _FIELD_KIND = {**COMPONENT_FIELDS, **LIST_FIELDS}
@@ -91,10 +95,14 @@ def pipeline_spec_model(registry: Registry | None = None) -> type[PipelineSpecBa
     cached = _cache.get(registry)
     if cached is not None and cached[0] == registry.generation:
         return cached[1]
-    fields: dict[str, Any] = {
-        field: (kind_type(registry, kind), Field(description=f"The {kind}: {{type: <name>, ...params}}."))
-        for field, kind in COMPONENT_FIELDS.items()
-    }
+    fields: dict[str, Any] = {}
+    for field, kind in COMPONENT_FIELDS.items():
+        description = f"The {kind}: {{type: <name>, ...params}}."
+        if field in OPTIONAL_FIELDS:
+            fields[field] = (kind_type(registry, kind) | None, Field(None, description=description + " For training."))
+        else:
+            fields[field] = (kind_type(registry, kind), Field(description=description))
+    fields["train"] = (TrainConfig | None, Field(None, description="Optimisation settings, for training."))
     for field, kind in LIST_FIELDS.items():
         none = not registry.names(kind)  # then the schema, like validation, admits only []
         fields[field] = (list[kind_type(registry, kind)], Field(  # type: ignore[misc]

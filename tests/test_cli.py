@@ -174,3 +174,28 @@ def test_readme_main_command_end_to_end(tmp_path: Path) -> None:
     weights = np.array([0.2, 0.5, 0.3])
     means = np.array([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]])
     assert np.abs(x.mean(0) - weights @ means).max() < 0.25
+
+
+TRAIN_SPEC = ROOT / "examples" / "train_moons.yaml"
+
+
+def test_train_resume_and_sample_from_the_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    code, out, err = cli(capsys, "train", str(TRAIN_SPEC), "--out", str(run), "--set", "train.steps=40",
+                         "--checkpoint-every", "20", "--device", "cpu")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["steps"] == 40 and summary["final_loss"] < summary["first_loss"]
+    assert (run / "latest").read_text().strip() == "step-00000040"
+    # resuming a finished run trains nothing more and keeps the spec of the checkpoint
+    code, out, err = cli(capsys, "train", str(TRAIN_SPEC), "--resume", str(run), "--device", "cpu")
+    assert code == 0 and json.loads(out)["steps"] == 40, err
+    samples = tmp_path / "x.npy"
+    code, out, err = cli(capsys, "sample", str(run), "--num", "200", "--steps", "20", "--out", str(samples), "--json")
+    assert code == 0, err
+    assert json.loads(out)["model"] == "mlp" and np.load(samples).shape == (200, 2)
+
+
+def test_train_without_objective_says_which_field(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "train", str(EXAMPLE), "--device", "cpu")
+    assert code == 2 and "training needs `objective`" in err

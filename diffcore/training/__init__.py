@@ -1,5 +1,6 @@
 """Training: the optimisation loop and atomic safetensors checkpoints."""
 
-from diffcore.training.loop import TrainConfig, Trainer, TrainResult, fit
+from diffcore.training.config import TrainConfig
+from diffcore.training.loop import Trainer, TrainResult, fit
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "fit"]

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
@@ -23,21 +22,7 @@ from diffcore.objective import Objective
 from diffcore.process import ForwardProcess
 from diffcore.sampler import check_compatible
 from diffcore.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-
-
-class TrainConfig(BaseModel):
-    """Optimisation settings (the ``train`` section of a training spec)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, strict=True)
-
-    steps: int = Field(2000, gt=0, description="Optimiser steps.")
-    batch_size: int = Field(256, gt=0, description="Samples per step.")
-    lr: float = Field(2e-3, gt=0, description="Peak learning rate of AdamW.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    warmup: int = Field(100, ge=0, description="Steps of linear learning-rate warm-up.")
-    grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm; null: no clipping.")
-    ema_decay: float = Field(0.999, ge=0, lt=1, description="Decay of the EMA of the weights.")
-    seed: int = Field(0, ge=0, description="Seed of batches, times and noise.")
+from diffcore.training.config import TrainConfig
 
 
 @dataclass
@@ -64,19 +49,21 @@ def _ema_with_warmup(decay: float) -> Callable[[Tensor, Tensor, Tensor | int], T
 class Trainer:
     """The loop with its state: model, EMA, optimiser, schedule, batch generator and step.
 
-    ``run(until)`` trains to step ``until``; ``save(run_dir)`` writes an atomic checkpoint and
+    ``transform(batch, noise)`` is applied to every batch (dataset dequantisation). ``run(until)``
+    trains to step ``until``; ``save(run_dir)`` writes an atomic checkpoint and
     ``load(path)`` restores one, so a run resumed from a checkpoint ends bitwise equal to an
     uninterrupted run (same device and library versions).
     """
 
     def __init__(self, model: ScoreModel, objective: Objective, process: ForwardProcess, data: Tensor,
                  config: TrainConfig | None = None, *, labels: Tensor | None = None,
-                 spec: dict[str, Any] | None = None) -> None:
+                 spec: dict[str, Any] | None = None,
+                 transform: Callable[[Tensor, NoiseSource], Tensor] | None = None) -> None:
         self.config = config or TrainConfig()
         check_compatible(objective, process)
         model.bind(process)
         self.model, self.objective, self.process = model, objective, process
-        self.data, self.labels, self.spec = data, labels, spec or {}
+        self.data, self.labels, self.spec, self.transform = data, labels, spec or {}, transform
         self.optimiser = torch.optim.AdamW(model.parameters(), lr=self.config.lr,
                                            weight_decay=self.config.weight_decay)
         warmup = max(self.config.warmup, 1)
@@ -94,7 +81,10 @@ class Trainer:
         noise = NoiseSource(cfg.seed, torch.arange(first, first + cfg.batch_size, device=device))
         cond = self.labels[rows] if self.labels is not None else None
         self.model.train()
-        loss = self.objective.loss(self.model, self.process, self.data[rows], noise, cond)
+        batch = self.data[rows]
+        if self.transform is not None:  # e.g. uniform dequantisation, fresh noise every step
+            batch = self.transform(batch, noise)
+        loss = self.objective.loss(self.model, self.process, batch, noise, cond)
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         if cfg.grad_clip is not None:
