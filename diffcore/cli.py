@@ -296,9 +296,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from diffcore.training import Trainer
 
     device = _device(args.device)
+    if args.resume is not None and args.overrides:
+        raise UsageError("--set cannot change the spec of a resumed run: it continues with the spec saved in "
+                         f"{args.resume}; start a new run with --out to train with other settings")
     data, _ = _spec_or_checkpoint(args.resume or args.spec)
-    if args.resume is None:
-        data = apply_overrides(data, args.overrides)
+    data = apply_overrides(data, args.overrides)
     spec = validate_spec(data, source=str(args.spec))
     for field in ("objective", "data", "train"):
         if getattr(spec, field) is None:

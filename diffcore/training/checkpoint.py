@@ -53,9 +53,14 @@ def save_checkpoint(run_dir: Path, step: int, files: dict[str, dict[str, Tensor]
     for name, tensors in files.items():
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / f"{name}.safetensors",
                   metadata=meta)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    if final.exists():  # the same step saved again: swap (a crash between the two renames leaves the
+        # complete copy under the .old name; Trainer never re-saves a step it saved or loaded)
+        old = run_dir / f".{final.name}.{os.getpid()}.old"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
     _atomic_text(run_dir / LATEST, final.name + "\n")
     return final
 

@@ -72,6 +72,7 @@ class Trainer:
         self.batches = torch.Generator().manual_seed(self.config.seed)
         self.step = 0
         self.losses: list[float] = []
+        self._saved_step: int | None = None  # the step of the checkpoint on disk, if any
 
     def train_step(self) -> float:
         """One optimiser step on a fresh batch; returns the loss."""
@@ -107,7 +108,7 @@ class Trainer:
                 on_step(self.step, loss)
             if run_dir is not None and checkpoint_every and self.step % checkpoint_every == 0:
                 self.save(run_dir)
-        if run_dir is not None:
+        if run_dir is not None and self._saved_step != self.step:
             self.save(run_dir)
         self.model.eval()
         return TrainResult(model=self.model, ema=self.ema_model(), losses=list(self.losses))
@@ -129,6 +130,7 @@ class Trainer:
         state["batches"] = self.batches.get_state()
         metadata = {"spec": self.spec, "train": self.config.model_dump(), "losses": self.losses,
                     "param_groups": optim["param_groups"], "schedule": self.schedule.state_dict()}
+        self._saved_step = self.step
         return save_checkpoint(Path(run_dir), self.step, {"model": self.model.state_dict(),
                                                      "ema": self.ema.state_dict(), "state": state}, metadata)
 
@@ -146,6 +148,7 @@ class Trainer:
         self.schedule.load_state_dict(meta["schedule"])
         self.batches.set_state(files["state"]["batches"])
         self.step, self.losses = int(meta["step"]), list(meta["losses"])
+        self._saved_step = self.step
 
 
 def fit(model: ScoreModel, objective: Objective, process: ForwardProcess, data: Tensor,
