@@ -6,9 +6,10 @@ from __future__ import annotations
 import abc
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from diffcore.data import Dataset
+from diffcore.data import DataParams, Dataset
 
 
 class CachedDataset(Dataset, abc.ABC):
@@ -30,3 +31,10 @@ class CachedDataset(Dataset, abc.ABC):
 def generator(seed: int) -> torch.Generator:
     """A CPU generator seeded with ``seed`` (every dataset draws from its own)."""
     return torch.Generator().manual_seed(seed)
+
+
+class SyntheticParams(DataParams):
+    """What every generated (synthetic) dataset takes: how many points and the seed of the draw."""
+
+    num: int = Field(10000, ge=1, description="Number of points.")
+    seed: int = Field(0, ge=0, description="Seed of the draw.")

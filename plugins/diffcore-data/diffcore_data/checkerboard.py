@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from diffcore.data import DataParams
-from diffcore_data._cached import CachedDataset, generator
+from diffcore_data._cached import CachedDataset, SyntheticParams, generator
 
 
-class CheckerboardParams(DataParams):
-    num: int = Field(10000, ge=1, description="Number of points.")
-    seed: int = Field(0, ge=0, description="Seed of the draw.")
-
-
-Params = CheckerboardParams
+class CheckerboardParams(SyntheticParams):
+    """Only the number of points and the seed."""
 
 
 def black_squares() -> Tensor:

@@ -16,8 +16,6 @@ class DigitsParams(DataParams):
     pass
 
 
-Params = DigitsParams
-
 
 class Digits(CachedDataset):
     """Data ``(1797, 1, 8, 8)`` float32 with the raw integer grey levels ``0..16``; labels ``0..9``.

@@ -22,8 +22,6 @@ class GMMSamplesParams(GMMParams, DataParams):
     seed: int = Field(0, ge=0, description="Seed of the draw.")
 
 
-Params = GMMSamplesParams
-
 
 class GMMSamples(CachedDataset):
     """``num`` draws of ``sum_k w_k N(mu_k, diag(v_k))`` (weights normalised), data ``(num, D)``,

@@ -8,17 +8,13 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from diffcore.data import DataParams
-from diffcore_data._cached import CachedDataset, generator
+from diffcore_data._cached import CachedDataset, SyntheticParams, generator
 
 
-class MoonsParams(DataParams):
+class MoonsParams(SyntheticParams):
     num: int = Field(10000, ge=1, description="Number of points (half on each moon, the first gets the odd one).")
     noise: float = Field(0.05, ge=0.0, description="Standard deviation of the Gaussian noise added to each coordinate.")
-    seed: int = Field(0, ge=0, description="Seed of the draw.")
 
-
-Params = MoonsParams
 
 
 class Moons(CachedDataset):

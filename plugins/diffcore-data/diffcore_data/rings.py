@@ -8,19 +8,15 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from diffcore.data import DataParams
-from diffcore_data._cached import CachedDataset, generator
+from diffcore_data._cached import CachedDataset, SyntheticParams, generator
 
 
-class RingsParams(DataParams):
+class RingsParams(SyntheticParams):
     num: int = Field(10000, ge=1, description="Number of points, split evenly over the rings (the inner ones "
                      "get the remainder).")
     num_rings: int = Field(3, ge=1, description="Number of rings; ring k (label k) has radius (k + 1) / num_rings.")
     noise: float = Field(0.02, ge=0.0, description="Standard deviation of the Gaussian noise added to each coordinate.")
-    seed: int = Field(0, ge=0, description="Seed of the draw.")
 
-
-Params = RingsParams
 
 
 class Rings(CachedDataset):

@@ -8,17 +8,12 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from diffcore.data import DataParams
-from diffcore_data._cached import CachedDataset, generator
+from diffcore_data._cached import CachedDataset, SyntheticParams, generator
 
 
-class SwissRollParams(DataParams):
-    num: int = Field(10000, ge=1, description="Number of points.")
+class SwissRollParams(SyntheticParams):
     noise: float = Field(0.5, ge=0.0, description="Standard deviation of the Gaussian noise added to each coordinate.")
-    seed: int = Field(0, ge=0, description="Seed of the draw.")
 
-
-Params = SwissRollParams
 
 
 class SwissRoll(CachedDataset):
