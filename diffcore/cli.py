@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary (NFE, seconds, ...)")
     _add_set(p)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("demo", help="train a small model on a 2-D set, sample it with two samplers, write "
+                       "PNGs and a report")
+    from diffcore import demo
+
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.run)
     return parser
 
 
