@@ -75,12 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, help="resume from this run directory (or checkpoint)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: steps / 10)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-preview", action="store_true",
+                   help="skip the sample image and loss curve written at each checkpoint")
     _add_set(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="draw samples from a spec or a trained checkpoint into a .npy file")
     p.add_argument("spec", type=Path, help="a spec file, or a run directory / checkpoint of `diffcore train`")
-    p.add_argument("--num", type=int, required=True, help="number of samples")
+    p.add_argument("--num", "--num-samples", dest="num", type=int, required=True,
+                   help="number of samples (spell it --num-samples after torchrun, whose own --numa-binding "
+                   "option makes --num ambiguous)")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i)")
     p.add_argument("--out", type=Path, required=True, help="output .npy file, shape (num, *shape)")
     p.add_argument("--sampler", help="replace the spec's sampler by this registered one (its defaults)")
@@ -88,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latents", type=Path, help=".npy of shape (num, *shape): start states at time T")
     p.add_argument("--batch-size", type=int, help="samples per chunk (bounds memory; default: all)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--model-range", action="store_true",
+                   help="keep the model's scaled values (default: map back to the data's raw range when the "
+                   "spec has a data section)")
     p.add_argument("--json", action="store_true", help="print a JSON summary (NFE, seconds, ...)")
     _add_set(p)
     p.set_defaults(func=cmd_sample)
@@ -201,10 +208,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from diffcore.pipeline import Pipeline
-    from diffcore.spec import apply_overrides, validate_spec
+    from diffcore.distributed import process_group
 
     if args.num < 1:
         raise UsageError(f"--num must be positive, got {args.num}")
@@ -212,9 +216,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
     if not 0 <= args.seed < 2**64:
         raise UsageError(f"--seed must be in [0, 2**64), got {args.seed}")
-    device = _device(args.device)
+    with process_group(_device(args.device)) as world:
+        return _sample(args, world)
 
-    data, checkpoint = _spec_or_checkpoint(args.spec)
+
+def _sample(args: argparse.Namespace, world: Any) -> int:
+    import numpy as np
+
+    from diffcore.pipeline import Pipeline
+    from diffcore.spec import apply_overrides, validate_spec
+
+    data, checkpoint, meta = _spec_or_checkpoint(args.spec)
     if args.sampler is not None:
         data["sampler"] = {"type": args.sampler}
     if args.steps is not None:
@@ -225,25 +237,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
     pipe = Pipeline.from_spec(spec)
     if checkpoint is not None:
         _load_ema_weights(pipe.model, checkpoint)
-
-    latents = None
-    if args.latents is not None:
-        latents = _load_latents(args.latents)
+    scaling = None if args.model_range else _data_scaling(spec, meta)
+    latents = _load_latents(args.latents) if args.latents is not None else None
 
     out: Path = args.out
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     start = time.perf_counter()
     nfes: list[int] = []
     try:
-        try:
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(args.num, *pipe.shape))
-        except OSError as exc:
-            raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}; check that its folder "
-                             "exists and is writable") from None
-        for lo, result in pipe.iter_samples(args.num, seed=args.seed, batch_size=args.batch_size,
-                                            latents=latents, device=device):
-            array[lo:lo + result.x.shape[0]] = result.x.detach().cpu().numpy()
-            nfes.append(result.nfe)
+        array = None
+        if world.is_main:
+            try:
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(args.num, *pipe.shape))
+            except OSError as exc:
+                raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}; check that its folder "
+                                 "exists and is writable") from None
+        for lo, x, nfe in _sample_chunks(pipe, args, latents, world):
+            if array is not None:
+                if scaling is not None:
+                    x = x / scaling[1] + scaling[0]
+                array[lo:lo + x.shape[0]] = x.numpy()
+                nfes.append(nfe)
+        if array is None:
+            return 0
         array.flush()
         del array
         os.replace(tmp, out)
@@ -254,15 +270,65 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "out": str(out), "num": args.num, "shape": list(pipe.shape), "seed": args.seed,
         "process": pipe.process.name, "model": pipe.model.name, "sampler": pipe.sampler.name,
         "nfe": max(nfes), "nfe_total": sum(nfes), "chunks": len(nfes),
-        "batch_size": args.batch_size or args.num, "device": str(device),
+        "batch_size": args.batch_size or -(-args.num // world.size), "device": str(world.device),
+        "processes": world.size, "range": "model" if scaling is None else "raw",
         "seconds": round(seconds, 4), "samples_per_second": round(args.num / seconds, 2),
     }
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"wrote {args.num} samples of shape {tuple(pipe.shape)} to {out} (sampler "
-              f"{pipe.sampler.name}, NFE {max(nfes)}, {seconds:.2f} s on {device})")
+              f"{pipe.sampler.name}, NFE {max(nfes)}, {seconds:.2f} s on {world.size} x {world.device})")
     return 0
+
+
+def _sample_chunks(pipe: Any, args: argparse.Namespace, latents: Any, world: Any) -> Any:
+    """Yield ``(first index, samples on CPU, NFE)`` per chunk, on the main process.
+
+    In a ``torchrun`` group chunk ``c`` (of ``--batch-size``, default an equal share per rank) is drawn
+    by rank ``c mod N`` and sent to rank 0; each chunk is computed exactly as a single process with
+    the same ``--batch-size`` computes it.
+    """
+    import torch
+    import torch.distributed as dist
+
+    num = args.num
+    batch = args.batch_size or -(-num // world.size)
+    for c, lo in enumerate(range(0, num, batch)):
+        hi, owner = min(num, lo + batch), c % world.size
+        if owner == world.rank:
+            _, result = next(pipe.iter_samples(hi - lo, seed=args.seed, start=lo, device=world.device,
+                                               latents=latents[lo:hi] if latents is not None else None))
+            x, nfe = result.x.detach(), result.nfe
+            if not world.is_main:
+                dist.send(x.contiguous(), dst=0)
+                dist.send(torch.tensor([nfe], device=x.device), dst=0)
+                continue
+        elif world.is_main:
+            x = torch.empty((hi - lo, *pipe.shape), device=world.device)
+            count = torch.zeros(1, dtype=torch.int64, device=world.device)
+            dist.recv(x, src=owner)
+            dist.recv(count, src=owner)
+            nfe = int(count)
+        else:
+            continue
+        yield lo, x.cpu(), nfe
+
+
+def _data_scaling(spec: Any, meta: dict[str, Any]) -> tuple[float, float] | None:
+    """``(shift, mult)`` of the spec's data (raw = value / mult + shift): saved in a checkpoint, or
+    computed from the data set for a spec file; ``None`` without a data section."""
+    if "scaling" in meta:
+        shift, mult = meta["scaling"]
+        return float(shift), float(mult)
+    if getattr(spec, "data", None) is None:
+        return None
+    from diffcore.registry import get_registry
+
+    data_type, data_params = spec.component("data")
+    dataset = get_registry().build("dataset", data_type, **data_params)
+    shift, mult = dataset.scaling  # type: ignore[attr-defined]
+    return float(shift), float(mult)
 
 
 def _device(name: str | None) -> Any:
@@ -276,16 +342,16 @@ def _device(name: str | None) -> Any:
     return device
 
 
-def _spec_or_checkpoint(path: Path) -> tuple[dict[str, Any], Path | None]:
-    """The spec mapping of a spec file, or of a checkpoint (its metadata) and the checkpoint path."""
+def _spec_or_checkpoint(path: Path) -> tuple[dict[str, Any], Path | None, dict[str, Any]]:
+    """The spec mapping of a spec file, or of a checkpoint with the checkpoint path and its metadata."""
     from diffcore.spec import as_mapping, read_spec
     from diffcore.training.checkpoint import latest_checkpoint, load_checkpoint
 
     if not path.is_dir():
-        return read_spec(path), None
+        return read_spec(path), None, {}
     checkpoint = latest_checkpoint(path)
     _, meta = load_checkpoint(checkpoint, names=("model",))
-    return as_mapping(meta.get("spec"), source=str(checkpoint)), checkpoint
+    return as_mapping(meta.get("spec"), source=str(checkpoint)), checkpoint, meta
 
 
 def _load_ema_weights(model: Any, checkpoint: Path) -> None:
@@ -297,35 +363,46 @@ def _load_ema_weights(model: Any, checkpoint: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from diffcore.distributed import process_group
+
+    if args.resume is not None and args.overrides:
+        raise UsageError("--set cannot change the spec of a resumed run: it continues with the spec saved in "
+                         f"{args.resume}; start a new run with --out to train with other settings")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise UsageError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
+    with process_group(_device(args.device)) as world:
+        return _train(args, world)
+
+
+def _train(args: argparse.Namespace, world: Any) -> int:
+    import torch
+    from tqdm import tqdm
+
     from diffcore.pipeline import Pipeline
     from diffcore.registry import get_registry
     from diffcore.spec import apply_overrides, validate_spec
     from diffcore.training import Trainer
 
-    device = _device(args.device)
-    if args.resume is not None and args.overrides:
-        raise UsageError("--set cannot change the spec of a resumed run: it continues with the spec saved in "
-                         f"{args.resume}; start a new run with --out to train with other settings")
-    data, _ = _spec_or_checkpoint(args.resume or args.spec)
-    data = apply_overrides(data, args.overrides)
-    spec = validate_spec(data, source=str(args.spec))
+    data, _, _ = _spec_or_checkpoint(args.resume or args.spec)
+    spec = validate_spec(apply_overrides(data, args.overrides), source=str(args.spec))
     for field in ("objective", "data", "train"):
         if getattr(spec, field) is None:
             raise UsageError(f"{args.spec}: training needs `{field}` in the spec; see `diffcore list` "
                              "for objectives and datasets, and docs/user-guide.md for `train`")
-    if args.checkpoint_every is not None and args.checkpoint_every < 1:
-        raise UsageError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     registry = get_registry()
+    torch.manual_seed(spec.train.seed)  # type: ignore[attr-defined]  # the model's initial weights
     pipe = Pipeline.from_spec(spec, registry=registry)
     obj_type, obj_params = spec.component("objective")
     data_type, data_params = spec.component("data")
     dataset = registry.build("dataset", data_type, **data_params)
     x, labels = dataset.split("train")  # type: ignore[attr-defined]
     use_labels = labels is not None and getattr(pipe.model, "null_label", None) is not None
+    device = world.device
     trainer = Trainer(pipe.model.to(device), registry.build("objective", obj_type, **obj_params),  # type: ignore[arg-type]
                       pipe.process, x.to(device), spec.train,  # type: ignore[attr-defined]
                       labels=labels.to(device) if use_labels and labels is not None else None,
-                      spec=spec.model_dump(mode="json"),
+                      spec=spec.model_dump(mode="json"), world=world,
+                      metadata={"scaling": list(dataset.scaling)},  # type: ignore[attr-defined]
                       transform=lambda batch, noise: dataset.dequantize(  # type: ignore[attr-defined]
                           batch, noise.uniform(tuple(batch.shape[1:]), step=0, stream="dequantize",
                                                dtype=batch.dtype)))
@@ -333,14 +410,53 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.load(args.resume)
     out = args.out or args.resume or Path("runs") / args.spec.stem
     steps = spec.train.steps  # type: ignore[attr-defined]
+    bar = tqdm(total=steps, initial=trainer.step, desc="train", unit="step", dynamic_ncols=True,
+               disable=None if world.is_main else True)
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
+        if step % 10 == 0 or step == steps:
+            window = trainer.losses[-50:]
+            bar.set_postfix(loss=f"{sum(window) / len(window):.4g}")
+
+    on_save = None if args.no_preview else _previewer(trainer, pipe, dataset, out)
     start = time.perf_counter()
-    trainer.run(run_dir=out, checkpoint_every=args.checkpoint_every or max(1, steps // 10))
+    try:
+        trainer.run(on_step=on_step, run_dir=out, checkpoint_every=args.checkpoint_every or max(1, steps // 10),
+                    on_save=on_save)
+    finally:
+        bar.close()
     seconds = time.perf_counter() - start
     tail = trainer.losses[-min(100, len(trainer.losses)):]
-    print(json.dumps({"out": str(out), "steps": trainer.step, "seconds": round(seconds, 3),
-                      "first_loss": trainer.losses[0] if trainer.losses else None,
-                      "final_loss": sum(tail) / max(1, len(tail)), "device": str(device)}))
+    if world.is_main:
+        print(json.dumps({"out": str(out), "steps": trainer.step, "seconds": round(seconds, 3),
+                          "first_loss": trainer.losses[0] if trainer.losses else None,
+                          "final_loss": sum(tail) / max(1, len(tail)), "device": str(device),
+                          "processes": world.size}))
     return 0
+
+
+def _previewer(trainer: Any, pipe: Any, dataset: Any, out: Path) -> Any:
+    """``on_save(step)``: the loss curve and a picture of EMA samples (2-D scatter against the data, or
+    an image grid), written into the run directory; a failure is reported, never fatal."""
+    from diffcore.pipeline import Pipeline
+    from diffcore.plots import save_loss_curve, save_samples
+
+    num = 1000 if len(pipe.shape) == 1 else 64
+    reference = dataset.to_raw(trainer.data[:num].cpu())
+
+    def on_save(step: int) -> None:
+        try:
+            (out / "samples").mkdir(parents=True, exist_ok=True)
+            save_loss_curve(trainer.losses, out / "loss.png")
+            preview = Pipeline(pipe.process, trainer.ema_model(), pipe.sampler, (), pipe.shape)
+            x = preview.sample(num, seed=trainer.config.seed, device=trainer.world.device).x.cpu()
+            save_samples(dataset.to_raw(x), out / "samples" / f"step-{step:08d}.png", reference=reference,
+                         title=f"EMA samples at step {step}")
+        except (DiffcoreError, OSError, ValueError) as exc:
+            print(f"diffcore: warning: no preview at step {step}: {exc}", file=sys.stderr)
+
+    return on_save
 
 
 def _load_latents(path: Path) -> Any:

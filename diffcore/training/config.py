@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -18,3 +20,6 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm; null: no clipping.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="Decay of the EMA of the weights.")
     seed: int = Field(0, ge=0, description="Seed of batches, times and noise.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast precision of forward passes: fp32 (none); bf16 (CPU or CUDA); fp16 (CUDA "
+        "only, with dynamic gradient scaling). Weights, optimiser and EMA stay in fp32.")

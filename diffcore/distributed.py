@@ -1,0 +1,95 @@
+"""Multi-process runs under ``torchrun``: ``torch.distributed`` with gloo on CPU and nccl on CUDA.
+
+``torchrun --nproc_per_node=N -m diffcore train SPEC`` trains with DistributedDataParallel: every rank
+draws the same global batch indices and takes its own contiguous slice, so N processes see exactly the
+batch (and the per-sample noise) of a single-process run and the averaged gradient is the same up to
+floating-point summation order. Rank 0 alone writes checkpoints and images.
+
+``torchrun ... -m diffcore sample`` splits the samples into chunks of ``--batch-size`` (default: an
+equal share per rank); chunk ``c`` is drawn by rank ``c mod N`` and sent to rank 0, which writes the
+file. Sample ``i`` depends only on ``(seed, i)`` and each chunk is computed as a single-process run
+with the same ``--batch-size`` computes it, so the output is identical.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from diffcore.errors import UsageError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the run: ``rank`` of ``size`` processes, on ``device``."""
+
+    rank: int
+    size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files and prints (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def current_world(device: torch.device | None = None) -> World:
+    """The world of an initialised process group (or a single process)."""
+    device = device or torch.device("cpu")
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), device)
+    return World(0, 1, device)
+
+
+def launched_by_torchrun() -> bool:
+    """Whether the environment of ``torchrun`` (``WORLD_SIZE`` > 1) is set."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[World]:
+    """Join the ``torchrun`` process group for the duration of a command (single process otherwise).
+
+    The backend is nccl when ``device`` is CUDA (each rank on ``cuda:LOCAL_RANK``), gloo on CPU.
+    """
+    if not launched_by_torchrun() or (dist.is_available() and dist.is_initialized()):
+        yield current_world(device)
+        return
+    if not dist.is_available():
+        raise UsageError("this torch build has no torch.distributed; run a single process instead of torchrun")
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend)
+    try:
+        yield current_world(device)
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier(world: World) -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if world.distributed:
+        dist.barrier()
+
+
+def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
+    """The mean of a tensor over all ranks (the tensor itself in a single process)."""
+    if not world.distributed:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total / world.size
