@@ -194,6 +194,21 @@ def test_train_resume_and_sample_from_the_checkpoint(tmp_path: Path, capsys: pyt
     code, out, err = cli(capsys, "sample", str(run), "--num", "200", "--steps", "20", "--out", str(samples), "--json")
     assert code == 0, err
     assert json.loads(out)["model"] == "mlp" and np.load(samples).shape == (200, 2)
+    # samples come back in the data's raw units (the scaling saved in the checkpoint); --model-range
+    # keeps the model's standardised values
+    assert json.loads(out)["range"] == "raw"
+    scaled = tmp_path / "scaled.npy"
+    code, out, err = cli(capsys, "sample", str(run), "--num", "200", "--steps", "20", "--out", str(scaled),
+                         "--model-range", "--json")
+    assert code == 0 and json.loads(out)["range"] == "model", err
+    spec = yaml.safe_load(TRAIN_SPEC.read_text())["data"]
+    dataset = diffcore.get_registry().build("dataset", spec.pop("type"), **spec)
+    shift, mult = dataset.scaling  # type: ignore[attr-defined]
+    assert mult != 1.0
+    np.testing.assert_allclose(np.load(samples), np.load(scaled) / mult + shift, rtol=1e-5, atol=1e-5)
+    x_raw, _ = dataset.arrays()  # type: ignore[attr-defined]
+    raw_mean = x_raw.mean(0).numpy()
+    assert np.abs(np.load(samples).mean(0) - raw_mean).max() < np.abs(np.load(scaled).mean(0) - raw_mean).max()
 
 
 def test_train_without_objective_says_which_field(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffcore import get_registry
+from diffcore.errors import UsageError
 from diffcore.model import to_score
 from diffcore.testing.conformance import REFERENCE_MIXTURE, sample_mixture
 from diffcore.training import TrainConfig, fit
@@ -66,3 +67,35 @@ def test_dsm_learns_the_mixture_score() -> None:
         rel = float(((learned - exact) ** 2).sum(1).mean() / (exact**2).sum(1).mean())
         print(f"t={t_value}: relative score error {rel:.4f}")
         assert rel < bound
+
+
+def test_bf16_autocast_trains_and_fp16_needs_cuda() -> None:
+    """``precision: bf16`` runs the forward passes in bfloat16 (weights stay fp32) and still learns;
+    fp16 (gradient scaling) is refused off CUDA."""
+    data = sample_mixture(REFERENCE_MIXTURE, 2000, torch.Generator().manual_seed(0)).float()
+    process, objective = REGISTRY.build("process", "vp"), REGISTRY.build("objective", "dsm")
+    torch.manual_seed(0)
+    model = REGISTRY.build("model", "mlp", shape=[2], hidden=64)
+    bf16 = TrainConfig(steps=150, batch_size=256, lr=3e-3, warmup=20, precision="bf16")
+    seen: list[torch.dtype] = []
+    handle = model.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))  # type: ignore[arg-type]
+    result = fit(model, objective, process, data, bf16)  # type: ignore[arg-type]
+    handle.remove()
+    assert seen and all(dtype == torch.bfloat16 for dtype in seen)
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    losses = torch.tensor(result.losses)
+    assert losses[-30:].mean() < 0.6 * losses[:30].mean(), losses
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="fp16 needs CUDA"):
+            fit(model, objective, process, data, TrainConfig(steps=1, precision="fp16"))  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_with_gradient_scaling_trains_on_cuda() -> None:
+    data = sample_mixture(REFERENCE_MIXTURE, 2000, torch.Generator().manual_seed(0)).float().cuda()
+    torch.manual_seed(0)
+    model = REGISTRY.build("model", "mlp", shape=[2], hidden=64).cuda()
+    result = fit(model, REGISTRY.build("objective", "dsm"), REGISTRY.build("process", "vp"), data,  # type: ignore[arg-type]
+                 TrainConfig(steps=150, batch_size=256, lr=3e-3, warmup=20, precision="fp16"))
+    losses = torch.tensor(result.losses)
+    assert torch.isfinite(losses).all() and losses[-30:].mean() < 0.6 * losses[:30].mean(), losses
