@@ -17,7 +17,8 @@ from torch import Tensor
 from diffcore.component import Component
 from diffcore.errors import CompatibilityError, NonFiniteError
 from diffcore.noise import NoiseSource
-from diffcore.process import ForwardProcess, ScoreFn
+from diffcore.process import ForwardProcess, LinearGaussianProcess, ScoreFn
+from diffcore.utils import bcast
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,18 @@ class Sampler(Component, abc.ABC):
         check_finite(x, "the state", step=step, t=t)
         if callback is not None:
             callback(StepInfo(step=step, t=t, x=x))
+
+
+def tweedie_denoise(score_fn: ScoreFn, process: ForwardProcess, x: Tensor, t: float) -> Tensor:
+    """The posterior mean ``E[x_0 | x_t] = (x + sigma(t)^2 s(x, t)) / alpha(t)`` (Tweedie's formula),
+    ``x`` ``(B, *event)``: the optional final denoising step of a sampler (one score evaluation).
+    Needs a linear-Gaussian process."""
+    if not isinstance(process, LinearGaussianProcess):
+        raise CompatibilityError(f"denoising with Tweedie's formula needs a linear-Gaussian process; "
+                                 f"{process.name!r} is not one")
+    tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
+    alpha, sigma = bcast(process.alpha(tt), x), bcast(process.sigma(tt), x)
+    return (x + sigma**2 * score_fn(x, tt)) / alpha
 
 
 def check_compatible(component: Component, process: ForwardProcess) -> None:
