@@ -51,3 +51,25 @@ def test_large_seeds_and_indices() -> None:
     assert torch.isfinite(a).all() and not torch.equal(a, b)
     with pytest.raises(ValueError, match="seed"):
         NoiseSource(-1, torch.tensor([0]))
+
+
+def test_batch_noise_gives_the_numbers_of_the_sample_indices() -> None:
+    """Every batch of :class:`BatchNoise` (any block size, any start, a rank's slice) draws exactly
+    what ``NoiseSource`` draws for the batch's global sample indices."""
+    from diffcore.noise import BatchNoise
+
+    stride, offset, size = 12, 4, 4  # rank 1 of 3 with a global batch of 12
+    for block in (1, 5):
+        batches = BatchNoise(7, stride, offset=offset, size=size, block=block)
+        for step in (3, 4, 9, 2, 3):
+            direct = NoiseSource(7, torch.arange(step * stride + offset, step * stride + offset + size))
+            noise = batches.at(step)
+            assert torch.equal(noise.indices, direct.indices)
+            for stream in ("eps", "t"):
+                assert torch.equal(noise.normal((2, 3), step=0, stream=stream),
+                                   direct.normal((2, 3), step=0, stream=stream))
+                assert torch.equal(noise.uniform((), step=1, stream=stream, dtype=torch.float64),
+                                   direct.uniform((), step=1, stream=stream, dtype=torch.float64))
+            a = noise.normal((2,), step=0)
+            a += 1.0  # a caller may modify what it got; the next request is unaffected
+            assert torch.equal(noise.normal((2,), step=0), direct.normal((2,), step=0))

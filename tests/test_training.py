@@ -99,3 +99,28 @@ def test_fp16_with_gradient_scaling_trains_on_cuda() -> None:
                  TrainConfig(steps=150, batch_size=256, lr=3e-3, warmup=20, precision="fp16"))
     losses = torch.tensor(result.losses)
     assert torch.isfinite(losses).all() and losses[-30:].mean() < 0.6 * losses[:30].mean(), losses
+
+
+def test_ema_follows_the_warmed_up_recursion() -> None:
+    """The EMA against the recursion written out by hand: copy on the first update, then
+    ``ema <- d ema + (1 - d) w`` with ``d = min(decay, (1 + n) / (10 + n))``; integer buffers copied."""
+    from diffcore.training.ema import ExponentialMovingAverage
+
+    net = torch.nn.Linear(3, 2).double()
+    net.register_buffer("count", torch.tensor(0))
+    ema = ExponentialMovingAverage(net, decay=0.9)
+    expected = None
+    for n in range(30):
+        with torch.no_grad():
+            net.weight.copy_(torch.full_like(net.weight, float(n) ** 1.5))
+            net.count += 1  # type: ignore[operator]
+        ema.update_parameters(net)
+        w = float(n) ** 1.5
+        d = min(0.9, (1.0 + n) / (10.0 + n))
+        expected = w if expected is None else d * expected + (1.0 - d) * w
+        assert torch.allclose(ema.module.weight, torch.full_like(net.weight, expected), rtol=1e-12)
+    assert int(ema.module.count) == 30 and int(ema.n_averaged) == 30
+    restored = ExponentialMovingAverage(net, decay=0.9)
+    restored.load_state_dict(ema.state_dict())
+    assert sorted(ema.state_dict()) == ["module.bias", "module.count", "module.weight", "n_averaged"]
+    assert torch.equal(restored.module.weight, ema.module.weight)

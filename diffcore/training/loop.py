@@ -18,17 +18,17 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel
 
 from diffcore.distributed import World, barrier, current_world, mean_over_ranks
 from diffcore.errors import UsageError
 from diffcore.model import ScoreModel
-from diffcore.noise import NoiseSource
+from diffcore.noise import BatchNoise, NoiseSource
 from diffcore.objective import Objective
 from diffcore.process import ForwardProcess
 from diffcore.sampler import check_compatible
 from diffcore.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from diffcore.training.config import TrainConfig
+from diffcore.training.ema import ExponentialMovingAverage
 
 
 @dataclass
@@ -38,18 +38,6 @@ class TrainResult:
     model: ScoreModel
     ema: ScoreModel
     losses: list[float] = field(default_factory=list)
-
-
-def _ema_with_warmup(decay: float) -> Callable[[Tensor, Tensor, Tensor | int], Tensor]:
-    """EMA update whose decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates,
-    so the average does not remember the initial weights (the usual EMA warm-up)."""
-
-    def update(averaged: Tensor, current: Tensor, num_averaged: Tensor | int) -> Tensor:
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        return d * averaged + (1.0 - d) * current
-
-    return update
 
 
 class _Replicated(DistributedDataParallel):
@@ -98,8 +86,15 @@ class Trainer:
         self.optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = max(cfg.warmup, 1)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimiser, lambda k: min(1.0, (k + 1) / warmup))
-        self.ema = AveragedModel(model, avg_fn=_ema_with_warmup(cfg.ema_decay), use_buffers=True)
+        self.ema = ExponentialMovingAverage(model, cfg.ema_decay)
         self.batches = torch.Generator().manual_seed(cfg.seed)
+        local = cfg.batch_size // self.world.size  # this rank's contiguous slice of the global batch
+        numel = max(1, data[0].numel()) if data.shape[0] else 1
+        # the counter-based noise of up to 32 steps at once (a few MB at most): its integer hashing is
+        # many small kernels, run once per block instead of once per step (see BatchNoise)
+        self._noise = BatchNoise(cfg.seed, cfg.batch_size, offset=self.world.rank * local, size=local,
+                                 device=data.device, block=max(1, min(32, 2**20 // (local * numel))))
+        self._parameters = list(model.parameters())
         self.step = 0
         self.losses: list[float] = []
         self._saved_step: int | None = None  # the step of the checkpoint on disk, if any
@@ -111,10 +106,10 @@ class Trainer:
         local = cfg.batch_size // world.size  # this rank's contiguous slice of the global batch
         lo = world.rank * local
         rows = rows[lo:lo + local].to(device)
-        first = self.step * cfg.batch_size + lo
-        noise = NoiseSource(cfg.seed, torch.arange(first, first + local, device=device))
+        noise = self._noise.at(self.step)  # samples step * batch_size + lo + j, j < local
         cond = self.labels[rows] if self.labels is not None else None
-        self.model.train()
+        if not self.model.training:
+            self.model.train()
         batch = self.data[rows]
         if self.transform is not None:  # e.g. uniform dequantisation, fresh noise every step
             batch = self.transform(batch, noise)
@@ -124,7 +119,7 @@ class Trainer:
         self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         if cfg.grad_clip is not None:
             self.scaler.unscale_(self.optimiser)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self._parameters, cfg.grad_clip)
         self.scaler.step(self.optimiser)
         self.scaler.update()
         self.schedule.step()

@@ -23,10 +23,14 @@ def uniform_times(process: ForwardProcess, noise: NoiseSource, dtype: torch.dtyp
     return (process.t_min + (process.T - process.t_min) * u).to(dtype)
 
 
-def perturb(process: LinearGaussianProcess, x0: Tensor, t: Tensor, noise: NoiseSource) -> tuple[Tensor, Tensor]:
-    """``x_t = alpha(t) x0 + sigma(t) eps`` and ``eps``, both shaped like ``x0``."""
+def perturb(process: LinearGaussianProcess, x0: Tensor, t: Tensor, noise: NoiseSource, *,
+            alpha: Tensor | None = None, sigma: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``x_t = alpha(t) x0 + sigma(t) eps`` and ``eps``, both shaped like ``x0``; ``alpha`` and
+    ``sigma`` ``(B,)`` are the process's at ``t``, passed when the caller has them already."""
     eps = noise.normal(tuple(x0.shape[1:]), step=0, stream="eps", dtype=x0.dtype)
-    return bcast(process.alpha(t), x0) * x0 + bcast(process.sigma(t), x0) * eps, eps
+    alpha = process.alpha(t) if alpha is None else alpha
+    sigma = process.sigma(t) if sigma is None else sigma
+    return bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps, eps
 
 
 def sum_event(x: Tensor) -> Tensor:

@@ -33,6 +33,10 @@ class DenoisingScoreMatching(Objective):
     ``Z = 2 (lambda(t_min) - lambda(T))`` (half log-SNR), so the estimator samples the half log-SNR
     uniformly and weights by ``Z sigma^2 / (T - t_min)``: the same expectation as the plain
     ``g^2``-weighted loss.
+
+    For a network predicting ``eps`` the residual is taken in its own units,
+    ``lambda / sigma^2 ||eps - eps_hat||^2`` (the DDPM "simple" loss for ``sigma2``): the same loss
+    without turning ``eps_hat`` into a score by dividing by a small ``sigma``.
     """
 
     name = "dsm"
@@ -49,12 +53,18 @@ class DenoisingScoreMatching(Objective):
             lam_hi, lam_lo = lg.half_log_snr(ends).tolist()
             u = noise.uniform((), step=0, stream="t", dtype=torch.float64)
             t = lg.t_from_half_log_snr(lam_lo + (lam_hi - lam_lo) * u).to(x0.dtype)
-            weight = 2.0 * (lam_hi - lam_lo) * lg.sigma(t) ** 2 / (lg.T - lg.t_min)
+            sigma = lg.sigma(t)
+            weight = 2.0 * (lam_hi - lam_lo) * sigma**2 / (lg.T - lg.t_min)
         else:
             t = uniform_times(lg, noise, x0.dtype)
-            weight = {"sigma2": lambda: lg.sigma(t) ** 2, "likelihood": lambda: lg.diffusion(t) ** 2,
+            sigma = lg.sigma(t)
+            weight = {"sigma2": lambda: sigma**2, "likelihood": lambda: lg.diffusion(t) ** 2,
                       "uniform": lambda: torch.ones_like(t)}[p.weighting]()
-        x_t, eps = perturb(lg, x0, t, noise)
-        score = to_score(model(x_t, t, cond), model.output, x_t, t, lg)
-        residual = score + eps / bcast(lg.sigma(t), x0)
+        x_t, eps = perturb(lg, x0, t, noise, sigma=sigma)
+        output = model(x_t, t, cond)
+        if model.output == "eps":  # s + eps / sigma = (eps - eps_hat) / sigma: no division by a small sigma
+            per_sample = sum_event((eps - output) ** 2)
+            return (per_sample if p.weighting == "sigma2" else weight / sigma**2 * per_sample).mean()
+        score = to_score(output, model.output, x_t, t, lg)
+        residual = score + eps / bcast(sigma, x0)
         return (weight * sum_event(residual**2)).mean()

@@ -47,7 +47,7 @@ class NCSNScoreMatching(Objective):
         u = noise.uniform((), step=0, stream="level", dtype=torch.float64)
         index = torch.clamp((u * self.params.num_scales).long(), max=self.params.num_scales - 1)
         t = levels[index].to(x0.dtype)
-        x_t, eps = perturb(lg, x0, t, noise)
         sigma = lg.sigma(t)
+        x_t, eps = perturb(lg, x0, t, noise, sigma=sigma)
         score = to_score(model(x_t, t, cond), model.output, x_t, t, lg)
         return (sigma**2 * sum_event((score + eps / bcast(sigma, x0)) ** 2)).mean()

@@ -36,8 +36,9 @@ class PredictionLoss(Objective):
              cond: Tensor | None = None) -> Tensor:
         lg = linear_gaussian(process)
         t = uniform_times(lg, noise, x0.dtype)
-        x_t, eps = perturb(lg, x0, t, noise)
+        alpha_t, sigma_t = lg.alpha(t), lg.sigma(t)
+        x_t, eps = perturb(lg, x0, t, noise, alpha=alpha_t, sigma=sigma_t)
         pred = convert(model(x_t, t, cond), model.output, self.params.target, x_t, t, lg)
-        alpha, sigma = bcast(lg.alpha(t), x0), bcast(lg.sigma(t), x0)
+        alpha, sigma = bcast(alpha_t, x0), bcast(sigma_t, x0)
         target = {"eps": eps, "x0": x0, "v": alpha * eps - sigma * x0}[self.params.target]
         return sum_event((pred - target) ** 2).mean()
