@@ -45,7 +45,7 @@ class SampleResult:
 
 class CountedScore:
     """The score function a sampler sees: counts evaluations, knows the step in progress, and
-    rejects non-finite inputs and outputs with the step, the evaluation and the time.
+    rejects a non-finite score (a non-finite state gives one) with the step, the evaluation and the time.
 
     The base :class:`Sampler` makes one per call and passes :meth:`on_step` as the callback that
     :meth:`Sampler.report` calls, so ``step`` is the index (as callbacks number steps) of the
@@ -60,8 +60,7 @@ class CountedScore:
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
-        check_finite(x, "the state", step=self.step, t=t, evaluation=self.nfe)
-        s = self.score_fn(x, t)
+        s = self.score_fn(x, t)  # a NaN in x shows in s: one check per evaluation, on the output
         check_finite(s, "the score", step=self.step, t=t, evaluation=self.nfe)
         return s
 

@@ -10,7 +10,6 @@ from diffcore.component import Params
 from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.sampler import Callback, Sampler, uniform_grid
-from diffcore.utils import bcast
 
 
 class EulerMaruyamaParams(Params):
@@ -32,16 +31,15 @@ class EulerMaruyama(Sampler):
 
     def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
             callback: Callback | None) -> tuple[Tensor, int]:
-        reverse = process.reverse(score_fn)
         steps = self.params.steps
-        grid = uniform_grid(process.T, process.t_min, steps, device=x_T.device)
+        grid = uniform_grid(process.T, process.t_min, steps, device=torch.device("cpu")).tolist()
         x, batch, event = x_T, x_T.shape[0], tuple(x_T.shape[1:])
         for i in range(steps):
-            t, h = grid[i], float(grid[i] - grid[i + 1])
-            tt = torch.full((batch,), float(t), device=x.device, dtype=x.dtype)
-            x = x - reverse.drift(x, tt) * h
+            t, h = grid[i], grid[i] - grid[i + 1]
+            tt = torch.full((batch,), t, device=x.device, dtype=x.dtype)
+            g = float(process.diffusion(torch.tensor([t], dtype=torch.float64)))  # g(t): the same for every sample
+            x = x - (process.drift(x, tt) - (g * g) * score_fn(x, tt)) * h
             if not (self.params.denoise_last and i == steps - 1):
-                z = noise.normal(event, step=i, dtype=x.dtype)
-                x = x + bcast(reverse.diffusion(tt), x) * (h**0.5) * z
-            self.report(callback, i, float(grid[i + 1]), x)
+                x = x + (g * h**0.5) * noise.normal(event, step=i, dtype=x.dtype)
+            self.report(callback, i, grid[i + 1], x)
         return x, steps

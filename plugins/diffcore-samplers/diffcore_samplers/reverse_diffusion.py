@@ -1,0 +1,84 @@
+"""The reverse-diffusion predictor (Song et al. 2021, eq. 46 and Appendix E; seed 001, "reverse SDE").
+
+Discretise the forward SDE on the grid as ``x_t = x_s + f_s(x_s) + G_s z`` for consecutive grid times
+``s < t``; the reverse SDE of seed 001, ``dx = [f - g^2 s] dt + g dw_bar``, is then discretised with the
+*same* ``f`` and ``G``::
+
+    x_s = x_t - f(x_t) + G^2 s(x_t, t) + G z.
+
+``f`` and ``G`` come from the forward step from ``s`` to ``t``:
+
+- linear-Gaussian process: the exact transition ``x_t = alpha_{t|s} x_s + sigma_{t|s} z`` gives
+  ``f(x) = (alpha_{t|s} - 1) x`` and ``G^2 = sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2``. On VP
+  this is score_sde's discretisation with the DDPM step ``sqrt(1 - beta_i)`` (``beta_i = 1 - abar_t /
+  abar_s``), on VE its ``G^2 = sigma_t^2 - sigma_s^2``;
+- any other process: the Euler-Maruyama step, ``f = f(x, t) (t - s)``, ``G = g(t) sqrt(t - s)``, which
+  makes the predictor the reverse Euler-Maruyama step (score_sde's generic ``SDE.discretize``).
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from diffcore.grids import GridKind, GridParams, time_grid
+from diffcore.noise import NoiseSource
+from diffcore.process import ForwardProcess, LinearGaussianProcess, ScoreFn
+from diffcore.sampler import Callback, Sampler
+from diffcore.utils import bcast
+from diffcore_samplers.ancestral import transition
+
+
+def discretized_forward(process: ForwardProcess, x: Tensor, t: float, s: float) -> tuple[Tensor, Tensor]:
+    """The forward step from ``s`` to ``t > s`` as ``(f, G)``: the drift increment ``f`` (shape of
+    ``x``, evaluated at ``x``) and the noise scale ``G`` ``(B, 1, ..., 1)``, in ``x``'s dtype."""
+    if isinstance(process, LinearGaussianProcess):
+        a, var = transition(process, s, t)
+        return (a - 1.0) * x, torch.full((x.shape[0], *[1] * (x.ndim - 1)), var**0.5, device=x.device,
+                                         dtype=x.dtype)
+    tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
+    h = t - s
+    return process.drift(x, tt) * h, bcast(process.diffusion(tt), x) * h**0.5
+
+
+def step(score_fn: ScoreFn, process: ForwardProcess, x: Tensor, t: float, s: float, z: Tensor | None) -> Tensor:
+    """One reverse-diffusion step from ``x`` ``(B, *event)`` at ``t`` to ``s < t``:
+    ``x - f + G^2 s(x, t) + G z`` (``z`` shaped like ``x``; ``None``: no noise). One score evaluation."""
+    f, g = discretized_forward(process, x, t, s)
+    tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
+    x = x - f + g**2 * score_fn(x, tt)
+    return x if z is None else x + g * z
+
+
+class ReverseDiffusionParams(GridParams):
+    """Parameters of ``reverse_diffusion``."""
+
+    steps: int = Field(1000, gt=0, description="Steps from T to t_min, one score evaluation each.")
+    grid: GridKind = Field("uniform", description="Time grid: uniform (score_sde's), quadratic, logsnr or karras "
+                           "(the last two need a linear-Gaussian process).")
+    denoise_last: bool = Field(True, description="Skip the noise of the last step (score_sde's noise_removal).")
+
+
+class ReverseDiffusion(Sampler):
+    """The reverse-diffusion predictor run on its own: ``x <- x - f + G^2 s(x, t) + G z`` between
+    consecutive grid times, with ``f`` and ``G`` of the forward process's own discretisation (module
+    docstring). Works for any process. ``NFE = steps``; noise of step ``i``:
+    ``noise.normal(event, step=i)``; ``x_T`` ``(B, *event)``.
+    """
+
+    name = "reverse_diffusion"
+    Params = ReverseDiffusionParams
+    params: ReverseDiffusionParams
+
+    def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
+            callback: Callback | None) -> tuple[Tensor, int]:
+        p = self.params
+        times = time_grid(process, p.steps, p.grid, rho=p.rho).tolist()
+        x, event = x_T, tuple(x_T.shape[1:])
+        for i in range(p.steps):
+            last = i == p.steps - 1
+            z = None if (last and p.denoise_last) else noise.normal(event, step=i, dtype=x.dtype)
+            x = step(score_fn, process, x, times[i], times[i + 1], z)
+            self.report(callback, i, times[i + 1], x)
+        return x, p.steps
