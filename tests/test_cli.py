@@ -75,7 +75,9 @@ def test_schema_validates_the_examples_with_jsonschema(tmp_path: Path, capsys: p
 def test_validate(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "validate", str(EXAMPLE))
     assert code == 0 and "ok" in out and "sampler euler_maruyama" in out
-    code, _, err = cli(capsys, "validate", str(EXAMPLE), "--set", "sampler.type=ddim")
+    code, out, _ = cli(capsys, "validate", str(EXAMPLE), "--set", "sampler.type=ddim")
+    assert code == 0 and "sampler ddim" in out
+    code, _, err = cli(capsys, "validate", str(EXAMPLE), "--set", "sampler.type=ddpm_plus_plus")
     assert code == 2 and "`sampler.type`" in err
 
 
