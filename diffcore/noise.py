@@ -54,7 +54,7 @@ def _mix_int(h: int, word: int) -> int:
     return _mix32_int((h ^ (word & _MASK32)) & _MASK32)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _words(count: int, device: torch.device) -> Tensor:
     """The hashed element counters ``(1, count)``: a pure function of ``count``, cached per device
     (never modified in place)."""
