@@ -57,7 +57,7 @@ CASES = [
     case("process-type-no-close-match", spec(process="process: {type: zzzzqq}"),
          "`process.type`", "no process named 'zzzzqq'", "Available (closest first): "),
     case("sampler-type-no-close-match", spec(sampler="sampler: {type: qqqq}"),
-         "`sampler.type`", "no sampler named 'qqqq'", "euler_maruyama, probability_flow"),
+         "`sampler.type`", "no sampler named 'qqqq'", "ancestral, annealed_langevin, ddim, dpm_solver"),
     case("process-type-missing", spec(process="process: {beta_min: 0.1}"),
          "`process.type`", "missing `type`", "subvp, ve, vp"),
     case("model-type-missing", spec(model="model: {weights: [1], means: [[0]], variances: [[1]]}"),
