@@ -189,10 +189,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     from diffcore.spec import json_schema
+    from diffcore.utils import atomic_write_text
 
     text = json.dumps(json_schema(), indent=2)
     if args.out:
-        _atomic_write_text(args.out, text + "\n")
+        atomic_write_text(args.out, text + "\n")
     else:
         print(text)
     return 0
@@ -473,15 +474,6 @@ def _load_latents(path: Path) -> Any:
     if not np.isfinite(array).all():
         raise UsageError(f"--latents {path}: contains NaN or Inf")
     return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

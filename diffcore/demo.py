@@ -19,7 +19,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +38,7 @@ from diffcore.pipeline import Pipeline, default_device
 from diffcore.registry import get_registry, unknown_name_message
 from diffcore.spec import PipelineSpecBase, apply_overrides, validate_spec
 from diffcore.training import Trainer
+from diffcore.utils import atomic_write_text
 
 DEMO_SPEC: dict[str, Any] = {
     "process": {"type": "vp"},
@@ -370,8 +370,8 @@ def run_demo(args: argparse.Namespace) -> int:
         "total_seconds": round(time.perf_counter() - start, 3),
     }
     text = format_report(report)
-    write_text(files["report_json"], json.dumps(report, indent=2) + "\n")
-    write_text(files["report_txt"], text)
+    atomic_write_text(files["report_json"], json.dumps(report, indent=2) + "\n")
+    atomic_write_text(files["report_txt"], text)
     print(text, end="")
     return 0
 
@@ -417,13 +417,3 @@ def format_report(report: Mapping[str, Any]) -> str:
 
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
