@@ -669,14 +669,28 @@ def run_consistency(kd: types.ModuleType, *, num: int = 256, n: int = 11) -> Non
 # ---------------------------------------------------------------------------------------------
 
 
-def hand_written_em(setup: Setup, num: int, steps: int, generator: torch.Generator) -> Tensor:
-    """Euler-Maruyama on the reverse VP SDE as a user would write it: ``torch.randn`` prior and noise,
-    the VP ``beta`` inline, the ``gmm`` module as the score; no noise on the last step."""
+def hand_written_em(setup: Setup, num: int, steps: int, generator: torch.Generator | None = None) -> Tensor:
+    """Euler-Maruyama on the reverse VP SDE as a user would write it: the VP ``beta`` inline, the
+    ``gmm`` module as the score, no noise on the last step. With a ``generator``: ``torch.randn``
+    prior and noise. Without: diffcore's counter-based noise, the same prior draw and step noise as
+    ``euler_maruyama`` through the pipeline, so the two give the same samples up to float rounding
+    and their time ratio is the framework's loop overhead alone."""
     model = setup.pipe.model
     params = setup.process.params
     beta_min, beta_max = params.beta_min, params.beta_max  # type: ignore[attr-defined]
     grid = torch.linspace(setup.process.T, setup.process.t_min, steps + 1, dtype=torch.float64).tolist()
-    x = torch.randn(num, setup.mixture.dim, generator=generator)
+    event = (setup.mixture.dim,)
+    noise = None if generator is not None else NoiseSource.range(SEED, 0, num)
+
+    def normal(step: int) -> Tensor:
+        if noise is None:
+            return torch.randn((num, *event), generator=generator)
+        return noise.normal(event, step=step)
+
+    if noise is None:
+        x = torch.randn((num, *event), generator=generator)
+    else:
+        x = setup.process.prior_sample(noise, event, dtype=torch.float32)
     with torch.no_grad():
         for i in range(steps):
             t, h = grid[i], grid[i] - grid[i + 1]
@@ -684,28 +698,7 @@ def hand_written_em(setup: Setup, num: int, steps: int, generator: torch.Generat
             score = model(x, torch.full((num,), t))
             x = x + (0.5 * beta * h) * x + (beta * h) * score
             if i < steps - 1:
-                x = x + math.sqrt(beta * h) * torch.randn(x.shape, generator=generator)
-    return x
-
-
-def hand_written_em_counter(setup: Setup, num: int, steps: int) -> Tensor:
-    """:func:`hand_written_em` with diffcore's counter-based noise instead of ``torch.randn``: the
-    same prior draw and step noise as ``euler_maruyama`` through the pipeline, so the two give the
-    same samples up to float rounding and their time ratio is the framework's loop overhead alone."""
-    model = setup.pipe.model
-    params = setup.process.params
-    beta_min, beta_max = params.beta_min, params.beta_max  # type: ignore[attr-defined]
-    grid = torch.linspace(setup.process.T, setup.process.t_min, steps + 1, dtype=torch.float64).tolist()
-    noise = NoiseSource.range(SEED, 0, num)
-    x = setup.process.prior_sample(noise, (setup.mixture.dim,), dtype=torch.float32)
-    with torch.no_grad():
-        for i in range(steps):
-            t, h = grid[i], grid[i] - grid[i + 1]
-            beta = beta_min + t * (beta_max - beta_min)
-            score = model(x, torch.full((num,), t))
-            x = x + (0.5 * beta * h) * x + (beta * h) * score
-            if i < steps - 1:
-                x = x + math.sqrt(beta * h) * noise.normal((setup.mixture.dim,), step=i)
+                x = x + math.sqrt(beta * h) * normal(i)
     return x
 
 
@@ -730,7 +723,7 @@ def time_loops(mixture: Mixture, *, num: int, steps: int, rounds: int) -> None:
         outputs["theirs"] = hand_written_em(setup, num, steps, generator)
 
     def same_noise() -> None:
-        outputs["same_noise"] = hand_written_em_counter(setup, num, steps)
+        outputs["same_noise"] = hand_written_em(setup, num, steps)
 
     ours()  # warm-up
     theirs()
