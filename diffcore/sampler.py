@@ -71,7 +71,12 @@ class CountedScore:
 
 
 def check_finite(x: Tensor, what: str, *, step: int, t: Tensor | float, evaluation: int | None = None) -> None:
-    """Raise :class:`NonFiniteError` if ``x`` holds NaN or Inf."""
+    """Raise :class:`NonFiniteError` if ``x`` holds NaN or Inf.
+
+    A NaN or Inf anywhere makes the sum non-finite, so one reduction settles the common case; only a
+    non-finite sum (a NaN, an Inf, or an overflow of finite values) is checked element by element."""
+    if bool(torch.isfinite(x.sum())):
+        return
     if not bool(torch.isfinite(x).all()):
         t_val = float(t.reshape(-1)[0]) if isinstance(t, Tensor) else float(t)
         bad = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).sum())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from diffcore import get_registry
 from diffcore.errors import UsageError
 from diffcore.model import to_score
 from diffcore.testing.conformance import REFERENCE_MIXTURE, sample_mixture
-from diffcore.training import TrainConfig, fit
+from diffcore.training import TrainConfig, Trainer, fit
 from diffcore_models import GaussianMixture
 
 REGISTRY = get_registry()
@@ -124,3 +126,24 @@ def test_ema_follows_the_warmed_up_recursion() -> None:
     restored.load_state_dict(ema.state_dict())
     assert sorted(ema.state_dict()) == ["module.bias", "module.count", "module.weight", "n_averaged"]
     assert torch.equal(restored.module.weight, ema.module.weight)
+
+
+@pytest.mark.parametrize("decay", ["constant", "cosine"])
+def test_learning_rate_schedule(decay: str) -> None:
+    """The learning rate AdamW uses at each step against the closed form: ``lr (k + 1) / warmup``
+    during the warm-up, then ``lr`` or ``lr (1 + cos(pi p)) / 2`` with ``p`` going from 0 at the end of
+    the warm-up towards 1 at the last step."""
+    steps, warmup, peak = 40, 8, 3e-3
+    trainer = Trainer(REGISTRY.build("model", "mlp", shape=[2], hidden=16), REGISTRY.build("objective", "dsm"),
+                      REGISTRY.build("process", "vp"), torch.randn(64, 2),
+                      TrainConfig(steps=steps, batch_size=16, lr=peak, warmup=warmup, lr_decay=decay))  # type: ignore[arg-type]
+    used: list[float] = []
+    trainer.optimiser.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    trainer.run()
+    expected = [peak * (k + 1) / warmup for k in range(warmup - 1)]
+    for k in range(warmup - 1, steps):
+        p = (k + 1 - warmup) / (steps - warmup + 1)
+        expected.append(peak if decay == "constant" else peak * 0.5 * (1 + math.cos(math.pi * p)))
+    assert used == pytest.approx(expected, rel=1e-12, abs=0)
+    if decay == "cosine":
+        assert used[warmup - 1] == peak and 0 < used[-1] < 0.01 * peak

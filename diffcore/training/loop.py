@@ -10,6 +10,8 @@ objective uses comes from counter-based noise keyed by ``(seed, step * batch_siz
 from __future__ import annotations
 
 import copy
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,17 @@ from diffcore.sampler import check_compatible
 from diffcore.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from diffcore.training.config import TrainConfig
 from diffcore.training.ema import ExponentialMovingAverage
+
+
+def lr_factor(cfg: TrainConfig, k: int) -> float:
+    """The learning rate of step ``k`` (0-based) over ``cfg.lr``: a linear warm-up over ``cfg.warmup``
+    steps, then constant or, with ``lr_decay: cosine``, half a cosine towards 0 at ``cfg.steps``
+    (Loshchilov and Hutter 2017, without restarts)."""
+    warmup = max(cfg.warmup, 1)
+    if k + 1 < warmup or cfg.lr_decay == "constant":
+        return min(1.0, (k + 1) / warmup)
+    progress = min(1.0, (k + 1 - warmup) / (max(cfg.steps, warmup) - warmup + 1))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -84,8 +97,7 @@ class Trainer:
         # what the objective calls: the model, or its DDP replica (gradients averaged over ranks)
         self.net: torch.nn.Module = _Replicated(model) if self.world.distributed else model
         self.optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        warmup = max(cfg.warmup, 1)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimiser, lambda k: min(1.0, (k + 1) / warmup))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimiser, functools.partial(lr_factor, cfg))
         self.ema = ExponentialMovingAverage(model, cfg.ema_decay)
         self.batches = torch.Generator().manual_seed(cfg.seed)
         local = cfg.batch_size // self.world.size  # this rank's contiguous slice of the global batch

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from diffcore.component import Params
 from diffcore.noise import NoiseSource
-from diffcore.process import ForwardProcess, ScoreFn
+from diffcore.process import ForwardProcess, LinearGaussianProcess, ScoreFn
 from diffcore.sampler import Callback, Sampler, uniform_grid
 
 
@@ -32,14 +32,23 @@ class EulerMaruyama(Sampler):
     def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
             callback: Callback | None) -> tuple[Tensor, int]:
         steps = self.params.steps
-        grid = uniform_grid(process.T, process.t_min, steps, device=torch.device("cpu")).tolist()
+        grid64 = uniform_grid(process.T, process.t_min, steps, device=torch.device("cpu"))
+        grid = grid64.tolist()
+        # The coefficients at every grid time in one call each, as Python floats: g(t) is the same for
+        # every sample, and so is f(t) for a linear process (f(x, t) = f(t) x). Each step is then a
+        # score evaluation and two fused tensor updates.
+        g = process.diffusion(grid64[:-1]).tolist()
+        f = process.drift_coef(grid64[:-1]).tolist() if isinstance(process, LinearGaussianProcess) else None
         x, batch, event = x_T, x_T.shape[0], tuple(x_T.shape[1:])
         for i in range(steps):
             t, h = grid[i], grid[i] - grid[i + 1]
             tt = torch.full((batch,), t, device=x.device, dtype=x.dtype)
-            g = float(process.diffusion(torch.tensor([t], dtype=torch.float64)))  # g(t): the same for every sample
-            x = x - (process.drift(x, tt) - (g * g) * score_fn(x, tt)) * h
+            score = score_fn(x, tt)
+            # x - [f(x, t) - g^2 s] h, the drift folded into a scale of x when it is linear; the in-place
+            # updates act on the new tensor of this step, never on one a callback was given
+            x = x * (1.0 - f[i] * h) if f is not None else x - process.drift(x, tt) * h
+            x.add_(score, alpha=g[i] * g[i] * h)
             if not (self.params.denoise_last and i == steps - 1):
-                x = x + (g * h**0.5) * noise.normal(event, step=i, dtype=x.dtype)
+                x.add_(noise.normal(event, step=i, dtype=x.dtype), alpha=g[i] * h**0.5)
             self.report(callback, i, grid[i + 1], x)
         return x, steps
