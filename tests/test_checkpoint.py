@@ -38,7 +38,8 @@ TRAIN = textwrap.dedent("""
     data = sample_mixture(REFERENCE_MIXTURE, 2000, torch.Generator().manual_seed(0)).float()
     torch.manual_seed(0)
     trainer = Trainer(R.build("model", "mlp", shape=[2], hidden=64), R.build("objective", "dsm"),
-                      R.build("process", "vp"), data, TrainConfig(steps=60, batch_size=128, warmup=10, lr_decay="cosine"),
+                      R.build("process", "vp"), data,
+                      TrainConfig(steps=60, batch_size=128, warmup=10, lr_decay="cosine"),
                       spec={"note": "test"})
     if mode == "resume":
         trainer.load(run_dir)
