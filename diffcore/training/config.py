@@ -18,7 +18,8 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup: int = Field(100, ge=0, description="Steps of linear learning-rate warm-up.")
     lr_decay: Literal["constant", "cosine"] = Field(
-        "constant", description="After the warm-up: keep lr, or decay it to 0 at `steps` along half a cosine.")
+        "constant", description="After the warm-up: keep lr, or decay it along half a cosine towards 0 "
+        "at the last step.")
     grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm; null: no clipping.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="Decay of the EMA of the weights.")
     seed: int = Field(0, ge=0, description="Seed of batches, times and noise.")
