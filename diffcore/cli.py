@@ -142,7 +142,8 @@ def describe_components(kind: str | None) -> list[dict[str, Any]]:
     """Rows for ``diffcore list``: name, kind, plugin, capabilities, requirements, parameters."""
     from pydantic_core import PydanticUndefined
 
-    from diffcore.registry import KINDS, get_registry, unknown_name_message
+    from diffcore.messages import unknown_name_message
+    from diffcore.registry import KINDS, get_registry
 
     registry = get_registry()
     if kind is not None and kind not in KINDS:
@@ -189,11 +190,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     from diffcore.spec import json_schema
-    from diffcore.utils import atomic_write_text
+    from diffcore.utils import atomic_write
 
     text = json.dumps(json_schema(), indent=2)
     if args.out:
-        atomic_write_text(args.out, text + "\n")
+        atomic_write(args.out, text + "\n")
     else:
         print(text)
     return 0
@@ -397,7 +398,7 @@ def _train(args: argparse.Namespace, world: Any) -> int:
     data_type, data_params = spec.component("data")
     dataset = registry.build("dataset", data_type, **data_params)
     x, labels = dataset.split("train")  # type: ignore[attr-defined]
-    use_labels = labels is not None and getattr(pipe.model, "null_label", None) is not None
+    use_labels = labels is not None and pipe.model.conditional
     device = world.device
     trainer = Trainer(pipe.model.to(device), registry.build("objective", obj_type, **obj_params),  # type: ignore[arg-type]
                       pipe.process, x.to(device), spec.train,  # type: ignore[attr-defined]

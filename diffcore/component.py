@@ -15,9 +15,10 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from diffcore.errors import SpecError
+from diffcore.errors import CompatibilityError, SpecError
+from diffcore.messages import describe_errors, format_problems
 
 
 class Params(BaseModel):
@@ -42,7 +43,9 @@ class Component(metaclass=abc.ABCMeta):
     - ``name``: the registered name used as ``type`` in specs (lowercase, ``[a-z0-9_]``);
     - ``Params``: a :class:`Params` subclass with the component's parameters and defaults;
     - ``requires``: capabilities the *process* it is assembled with must declare
-      (e.g. ``{"linear_gaussian"}``); checked once when a pipeline is assembled.
+      (e.g. ``{"linear_gaussian"}``); checked once when a pipeline is assembled
+      (:func:`check_compatible`). A component whose needs depend on its params overrides
+      :meth:`requirements` instead.
     """
 
     name: ClassVar[str]
@@ -60,16 +63,40 @@ class Component(metaclass=abc.ABCMeta):
         """Capabilities this component declares (used for compatibility checks and ``list``)."""
         return frozenset()
 
+    def requirements(self) -> dict[str, str]:
+        """The capabilities the process must declare for this component with these params, each
+        mapped to what needs it (named in the error). Default: the class's ``requires``, needed by the
+        component itself; a ``pc`` sampler, say, adds what its predictor needs."""
+        return dict.fromkeys(sorted(self.requires), describe(self))
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
         return f"{type(self).__name__}({fields})"
 
 
+def describe(component: Component) -> str:
+    """``DDIM ('ddim')``: a component's class and registered name, for messages."""
+    return f"{type(component).__name__} ({getattr(component, 'name', '?')!r})"
+
+
+def check_compatible(component: Component, process: Component) -> None:
+    """Raise :class:`~diffcore.errors.CompatibilityError` if ``process`` lacks a capability that
+    ``component`` requires (:meth:`Component.requirements`). Called once, when components are
+    assembled (a pipeline, a trainer, a sampler run), never inside a step."""
+    declared = process.capabilities()
+    missing: dict[str, list[str]] = {}
+    for capability, who in component.requirements().items():
+        if capability not in declared:
+            missing.setdefault(who, []).append(capability)
+    if missing:
+        needs = "; ".join(f"{who} requires a process with {', '.join(sorted(caps))}" for who, caps in missing.items())
+        raise CompatibilityError(
+            f"{needs}, but process {getattr(process, 'name', '?')!r} declares "
+            f"{sorted(declared) or 'no capabilities'}; choose another component or process"
+        )
+
+
 def _validate(cls: type[Component], params: _ParamsBase | None, kwargs: dict[str, Any]) -> _ParamsBase:
-    from pydantic import ValidationError
-
-    from diffcore.spec import describe_errors, format_problems
-
     if params is not None and kwargs:
         raise TypeError(f"{cls.__name__}: pass either a Params instance or keyword arguments")
     if isinstance(params, cls.Params):

@@ -31,14 +31,15 @@ from torch import Tensor
 
 from diffcore.data import Dataset
 from diffcore.errors import UsageError
+from diffcore.messages import unknown_name_message
 from diffcore.metrics import energy_distance
 from diffcore.model import ScoreModel
 from diffcore.objective import Objective
 from diffcore.pipeline import Pipeline, default_device
-from diffcore.registry import get_registry, unknown_name_message
+from diffcore.registry import get_registry
 from diffcore.spec import PipelineSpecBase, apply_overrides, validate_spec
 from diffcore.training import Trainer
-from diffcore.utils import atomic_write_text
+from diffcore.utils import atomic_write
 
 DEMO_SPEC: dict[str, Any] = {
     "process": {"type": "vp"},
@@ -295,7 +296,7 @@ def train(setup: Setup, run_dir: Path, device: torch.device) -> Trainer:
     obj_type, obj_params = spec.component("objective")
     objective = get_registry().build("objective", obj_type, **obj_params)
     assert isinstance(objective, Objective)
-    use_labels = labels is not None and getattr(pipe.model, "null_label", None) is not None
+    use_labels = labels is not None and pipe.model.conditional
     trainer = Trainer(pipe.model.to(device), objective, pipe.process, setup.x_train.to(device),
                       spec.train,  # type: ignore[attr-defined]
                       labels=labels.to(device) if use_labels and labels is not None else None,
@@ -370,8 +371,8 @@ def run_demo(args: argparse.Namespace) -> int:
         "total_seconds": round(time.perf_counter() - start, 3),
     }
     text = format_report(report)
-    atomic_write_text(files["report_json"], json.dumps(report, indent=2) + "\n")
-    atomic_write_text(files["report_txt"], text)
+    atomic_write(files["report_json"], json.dumps(report, indent=2) + "\n")
+    atomic_write(files["report_txt"], text)
     print(text, end="")
     return 0
 

@@ -24,8 +24,7 @@ from pydantic import Field
 from torch import Tensor
 
 from diffcore.component import Params
-from diffcore.errors import CompatibilityError
-from diffcore.process import ForwardProcess, LinearGaussianProcess
+from diffcore.process import ForwardProcess, require_linear_gaussian
 
 GridKind = Literal["uniform", "quadratic", "logsnr", "karras"]
 GRID_KINDS: tuple[str, ...] = get_args(GridKind)
@@ -52,18 +51,16 @@ def time_grid(process: ForwardProcess, steps: int, kind: str = "uniform", *, rho
     elif kind == "quadratic":
         t = t_min + (T - t_min) * u**2
     elif kind in ("logsnr", "karras"):
-        if not isinstance(process, LinearGaussianProcess):
-            raise CompatibilityError(f"the {kind!r} time grid needs a linear-Gaussian process (alpha, sigma); "
-                                     f"process {process.name!r} is not one; use grid: uniform or quadratic")
+        lg = require_linear_gaussian(process, f"the {kind!r} time grid (use grid: uniform or quadratic)")
         ends = torch.tensor([T, t_min], dtype=torch.float64)
-        lam_T, lam_0 = (float(v) for v in process.half_log_snr(ends))
+        lam_T, lam_0 = (float(v) for v in lg.half_log_snr(ends))
         if kind == "logsnr":
             lam = lam_T + (lam_0 - lam_T) * (1.0 - u)
         else:
             s_max, s_min = math.exp(-lam_T), math.exp(-lam_0)  # noise levels sigma / alpha
             s = (s_max ** (1 / rho) + (1.0 - u) * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
             lam = -torch.log(s)
-        t = process.t_from_half_log_snr(lam)
+        t = lg.t_from_half_log_snr(lam)
     else:
         raise ValueError(f"unknown time grid {kind!r}; choose one of {', '.join(GRID_KINDS)}")
     t = t.to(torch.float64).clone()

@@ -4,18 +4,10 @@ classifier-free guidance; inverse problems)."""
 from __future__ import annotations
 
 import abc
-from typing import Protocol
-
-from torch import Tensor
 
 from diffcore.component import Component
+from diffcore.model import ConditionalScoreFn
 from diffcore.process import ForwardProcess
-
-
-class ConditionalScoreFn(Protocol):
-    """``(x, t, cond) -> score``, shapes ``(B, *event), (B,), (B, ...) or None -> (B, *event)``."""
-
-    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor: ...
 
 
 class Guidance(Component, abc.ABC):

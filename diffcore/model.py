@@ -17,17 +17,14 @@ v           ``alpha eps - sigma x_0``    via ``x0 = (alpha x - sigma v) / (alpha
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, Protocol, get_args
 
 from torch import Tensor, nn
 
-from diffcore.component import Component
+from diffcore.component import Component, describe
 from diffcore.errors import CompatibilityError
-from diffcore.process import ForwardProcess, LinearGaussianProcess
+from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, require_linear_gaussian
 from diffcore.utils import bcast
-
-if TYPE_CHECKING:
-    from diffcore.process import ScoreFn
 
 OutputKind = Literal["score", "eps", "x0", "v"]
 OUTPUT_KINDS: tuple[str, ...] = get_args(OutputKind)
@@ -40,10 +37,33 @@ class ScoreModel(Component, nn.Module):
     Analytic models that need the process (the Gaussian-mixture model computes the exact score of
     ``p_t``) receive it through :meth:`bind`, called once when a pipeline is assembled.
     ``event_shape`` may be set by models that know their data shape, so specs need not state it.
+
+    A class-conditional model takes integer labels ``cond`` ``(B,)`` and declares the label that
+    means "no condition" as :attr:`null_label` (classifier-free guidance, Ho & Salimans 2022); an
+    unconditional model leaves it ``None``, and training then ignores the data's labels.
     """
 
     output: OutputKind = "score"
     event_shape: tuple[int, ...] | None = None
+
+    @property
+    def null_label(self) -> int | None:
+        """The label meaning "no condition" for a class-conditional model, ``None`` for an
+        unconditional one."""
+        return None
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model is class-conditional (declares a :attr:`null_label`)."""
+        return self.null_label is not None
+
+    def requirements(self) -> dict[str, str]:
+        """A model predicting anything but the score needs ``alpha`` and ``sigma`` to be turned into
+        one (:func:`to_score`): a linear-Gaussian process."""
+        needs = super().requirements()
+        if self.output != "score":
+            needs.setdefault(LINEAR_GAUSSIAN, f"{describe(self)} predicting {self.output!r}")
+        return needs
 
     def bind(self, process: ForwardProcess) -> None:
         """Called with the process when the model is assembled into a pipeline."""
@@ -57,12 +77,8 @@ def to_score(output: Tensor, kind: str, x: Tensor, t: Tensor, process: ForwardPr
     """Convert a model output of ``kind`` at ``(x, t)`` to the score; shapes ``(B, *event)``."""
     if kind == "score":
         return output
-    if not isinstance(process, LinearGaussianProcess):
-        raise CompatibilityError(
-            f"a model with output {kind!r} needs a linear-Gaussian process to be turned into a score, "
-            f"but {type(process).__name__} is not; use a model with output 'score'"
-        )
-    alpha, sigma = bcast(process.alpha(t), x), bcast(process.sigma(t), x)
+    lg = require_linear_gaussian(process, f"turning a model output {kind!r} into a score")
+    alpha, sigma = bcast(lg.alpha(t), x), bcast(lg.sigma(t), x)
     if kind == "eps":
         return -output / sigma
     if kind == "x0":
@@ -79,9 +95,8 @@ def convert(output: Tensor, kind: str, target: str, x: Tensor, t: Tensor, proces
     score = to_score(output, kind, x, t, process)
     if target == "score":
         return score
-    if not isinstance(process, LinearGaussianProcess):
-        raise CompatibilityError(f"converting to {target!r} needs a linear-Gaussian process")
-    alpha, sigma = bcast(process.alpha(t), x), bcast(process.sigma(t), x)
+    lg = require_linear_gaussian(process, f"converting a score to {target!r}")
+    alpha, sigma = bcast(lg.alpha(t), x), bcast(lg.sigma(t), x)
     eps = -sigma * score
     x0 = (x - sigma * eps) / alpha
     if target == "eps":
@@ -93,10 +108,17 @@ def convert(output: Tensor, kind: str, target: str, x: Tensor, t: Tensor, proces
     raise CompatibilityError(f"unknown target kind {target!r}; expected one of {OUTPUT_KINDS}")
 
 
-def score_function(model: ScoreModel, process: ForwardProcess, cond: Tensor | None = None) -> ScoreFn:
-    """The score ``(x, t) -> (B, *event)`` of ``model`` under ``process``, conditioned on ``cond``."""
+class ConditionalScoreFn(Protocol):
+    """``(x, t, cond) -> score``, shapes ``(B, *event), (B,), (B, ...) or None -> (B, *event)``."""
 
-    def score(x: Tensor, t: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor: ...
+
+
+def score_function(model: ScoreModel, process: ForwardProcess) -> ConditionalScoreFn:
+    """The score ``(x, t, cond) -> (B, *event)`` of ``model`` under ``process``, whatever the model
+    predicts: the one place a model's output becomes a score (samplers, guidance, objectives)."""
+
+    def score(x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         return to_score(model(x, t, cond), model.output, x, t, process)
 
     return score

@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffcore.component import check_compatible
 from diffcore.errors import UsageError
-from diffcore.guidance import ConditionalScoreFn, Guidance
-from diffcore.model import ScoreModel, to_score
+from diffcore.guidance import Guidance
+from diffcore.model import ConditionalScoreFn, ScoreModel, score_function
 from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.registry import Registry, get_registry
-from diffcore.sampler import Callback, Sampler, SampleResult, check_compatible
+from diffcore.sampler import Callback, Sampler, SampleResult
 from diffcore.spec import PipelineSpecBase, load_spec
 
 
@@ -86,14 +87,9 @@ class Pipeline:
 
     def conditional_score_fn(self) -> ConditionalScoreFn:
         """``(x, t, cond) -> score`` of the model, with every guidance applied in order."""
-        model, process = self.model, self.process
-
-        def score(x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-            return to_score(model(x, t, cond), model.output, x, t, process)
-
-        fn: ConditionalScoreFn = score
+        fn = score_function(self.model, self.process)
         for g in self.guidance:
-            fn = g.guide(fn, process)
+            fn = g.guide(fn, self.process)
         return fn
 
     def score_fn(self, cond: Tensor | None = None) -> ScoreFn:

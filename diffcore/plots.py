@@ -10,8 +10,6 @@ Shapes: losses ``(steps,)``; 2-D point sets ``(N, 2)``; images ``(N, C, H, W)`` 
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from diffcore.errors import UsageError
+from diffcore.utils import atomic_write
 
 MAX_GRID_IMAGES = 64
 """At most this many images go into the grid written by :func:`save_samples`."""
@@ -35,17 +34,9 @@ def _to_numpy(x: Tensor) -> FloatArray:
 
 
 def _write(fig: Figure, path: Path) -> Path:
-    """Render ``fig`` to ``path`` atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
+    """Render ``fig`` to ``path`` as a PNG, atomically (:func:`~diffcore.utils.atomic_write`)."""
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")  # unique per call
-    try:
-        with tmp.open("xb") as handle:
-            fig.savefig(handle, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
 
 
 def moving_average(values: FloatArray, window: int) -> FloatArray:

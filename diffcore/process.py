@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from diffcore.component import Component, Params
+from diffcore.errors import CompatibilityError
 from diffcore.utils import bcast
 
 if TYPE_CHECKING:
@@ -90,6 +91,13 @@ class ForwardProcess(Component, abc.ABC):
     def prior_log_prob(self, x: Tensor) -> Tensor:
         """Log-density of the prior at ``x``, summed over the event dimensions, shape ``(B,)``."""
 
+    @property
+    def linear_gaussian(self) -> LinearGaussianProcess | None:
+        """This process with its marginal ``alpha``, ``sigma`` and ``lambda`` when it is linear-Gaussian
+        (declares :data:`LINEAR_GAUSSIAN`), else ``None``: the typed way to reach them, set up once
+        before a sampler's loop (see :func:`require_linear_gaussian`)."""
+        return None
+
     def reverse(self, score_fn: ScoreFn, *, probability_flow: bool = False) -> ReverseProcess:
         """The reverse-time SDE, or with ``probability_flow=True`` the probability-flow ODE."""
         return ReverseProcess(self, score_fn, probability_flow=probability_flow)
@@ -110,6 +118,10 @@ class LinearGaussianProcess(ForwardProcess):
     @classmethod
     def capabilities(cls) -> frozenset[str]:
         return frozenset({LINEAR_GAUSSIAN})
+
+    @property
+    def linear_gaussian(self) -> LinearGaussianProcess:
+        return self
 
     @abc.abstractmethod
     def alpha(self, t: Tensor) -> Tensor:
@@ -167,6 +179,19 @@ class LinearGaussianProcess(ForwardProcess):
         flat = x.reshape(x.shape[0], -1)
         d = flat.shape[1]
         return -0.5 * (flat / std).pow(2).sum(1) - d * (math.log(std) + 0.5 * math.log(2 * math.pi))
+
+
+def require_linear_gaussian(process: ForwardProcess, who: str) -> LinearGaussianProcess:
+    """``process`` as a :class:`LinearGaussianProcess` (``alpha``, ``sigma``, ``lambda``), or a
+    :class:`~diffcore.errors.CompatibilityError` saying that ``who`` needs one.
+
+    Components that need these declare ``requires = {LINEAR_GAUSSIAN}`` (checked when they are
+    assembled) and call this once, before their loop, to get the typed process."""
+    lg = process.linear_gaussian
+    if lg is None:
+        raise CompatibilityError(f"{who} needs a linear-Gaussian process (alpha, sigma); "
+                                 f"process {getattr(process, 'name', type(process).__name__)!r} is not one")
+    return lg
 
 
 class ReverseProcess:

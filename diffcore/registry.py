@@ -13,7 +13,6 @@ The standard components register through exactly this path: they are plugins lik
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 import re
@@ -30,6 +29,7 @@ from diffcore.component import Component, Params
 from diffcore.data import Dataset
 from diffcore.errors import PluginError, RegistryError
 from diffcore.guidance import Guidance
+from diffcore.messages import closest_first, unknown_name_message
 from diffcore.model import ScoreModel
 from diffcore.objective import Objective
 from diffcore.process import ForwardProcess
@@ -82,17 +82,8 @@ def kind_of(cls: type) -> str:
     return kinds[0]
 
 
-def similarity(name: str, candidate: str) -> float:
-    """How alike two names are, in ``[0, 1]``: the better of the whole-name match and the match
-    with the candidate's prefix of the same length (so ``eulr`` is close to ``euler_maruyama``)."""
-    whole = difflib.SequenceMatcher(None, name, candidate).ratio()
-    prefix = difflib.SequenceMatcher(None, name, candidate[: len(name)]).ratio()
-    return max(whole, prefix)
 
 
-def closest_first(name: str, candidates: list[str]) -> list[str]:
-    """``candidates`` sorted by :func:`similarity` to ``name``, most similar first."""
-    return sorted(candidates, key=lambda c: (-similarity(name, c), c))
 
 
 class Registry:
@@ -264,13 +255,6 @@ class Registry:
         return self._entries[kind]
 
 
-def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
-    """``no sampler named 'eular'; did you mean 'euler_maruyama'? available (closest first): ...``."""
-    ranked = closest_first(name, available)
-    close = ranked[0] if ranked and similarity(name, ranked[0]) >= 0.6 else None
-    hint = f"; did you mean {close!r}?" if close else "."
-    listing = ", ".join(ranked) if ranked else "none (is the plugin providing it installed?)"
-    return f"no {kind} named {name!r}{hint} Available (closest first): {listing}"
 
 
 def _dist_name(ep: metadata.EntryPoint) -> str:

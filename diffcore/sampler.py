@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffcore.component import Component
-from diffcore.errors import CompatibilityError, NonFiniteError
+from diffcore.component import Component, check_compatible
+from diffcore.errors import NonFiniteError
 from diffcore.noise import NoiseSource
-from diffcore.process import ForwardProcess, LinearGaussianProcess, ScoreFn
+from diffcore.process import ForwardProcess, ScoreFn, require_linear_gaussian
 from diffcore.utils import bcast
 
 
@@ -134,21 +134,8 @@ def tweedie_denoise(score_fn: ScoreFn, process: ForwardProcess, x: Tensor, t: fl
     """The posterior mean ``E[x_0 | x_t] = (x + sigma(t)^2 s(x, t)) / alpha(t)`` (Tweedie's formula),
     ``x`` ``(B, *event)``: the optional final denoising step of a sampler (one score evaluation).
     Needs a linear-Gaussian process."""
-    if not isinstance(process, LinearGaussianProcess):
-        raise CompatibilityError(f"denoising with Tweedie's formula needs a linear-Gaussian process; "
-                                 f"{process.name!r} is not one")
+    lg = require_linear_gaussian(process, "denoising with Tweedie's formula")
     tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
-    alpha, sigma = bcast(process.alpha(tt), x), bcast(process.sigma(tt), x)
+    alpha, sigma = bcast(lg.alpha(tt), x), bcast(lg.sigma(tt), x)
     return (x + sigma**2 * score_fn(x, tt)) / alpha
-
-
-def check_compatible(component: Component, process: ForwardProcess) -> None:
-    """Raise :class:`CompatibilityError` if ``process`` lacks a capability ``component`` requires."""
-    missing = component.requires - process.capabilities()
-    if missing:
-        raise CompatibilityError(
-            f"{type(component).__name__} ({getattr(component, 'name', '?')!r}) requires a process with "
-            f"{', '.join(sorted(missing))}, but process {getattr(process, 'name', '?')!r} declares "
-            f"{sorted(process.capabilities()) or 'no capabilities'}; choose another sampler or process"
-        )
 

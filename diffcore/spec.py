@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
-import reprlib
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,7 +28,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
 from diffcore.errors import RegistryError, SpecError
-from diffcore.registry import Entry, Registry, closest_first, get_registry, similarity, unknown_name_message
+from diffcore.messages import describe_errors, format_problems, type_name
+from diffcore.registry import Entry, Registry, get_registry
 from diffcore.training.config import TrainConfig
 
 MAX_SPEC_BYTES = 1 << 20
@@ -236,7 +235,7 @@ def as_mapping(data: Any, *, source: str = "<spec>") -> dict[str, Any]:
         raise SpecError(f"{source}: the spec is empty; it must be a mapping with the keys {expected}")
     if not isinstance(data, Mapping):
         raise SpecError(f"{source}: the spec must be a mapping with the keys {expected}, "
-                        f"got {_type_name(data)}")
+                        f"got {type_name(data)}")
     return dict(data)
 
 
@@ -270,7 +269,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
                 else:
                     node = node[int(key)]
             else:
-                raise SpecError(f"--set {item!r}: {where} is {_type_name(node)}, not a mapping; "
+                raise SpecError(f"--set {item!r}: {where} is {type_name(node)}, not a mapping; "
                                 f"set {where} itself")
     return dict(out)
 
@@ -283,7 +282,7 @@ def validate_spec(data: Any, *, registry: Registry | None = None, source: str = 
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = describe_errors(exc, data=data, registry=registry)
+        problems = describe_errors(exc, data=data, context=_SpecContext(registry))
         raise SpecError(format_problems(problems, source), problems) from None
     except RecursionError:
         raise SpecError(f"{source}: the spec is nested too deeply") from None
@@ -300,151 +299,37 @@ def load_spec(source: str | Path | Mapping[str, Any], overrides: Sequence[str] =
 
 
 # ---------------------------------------------------------------------------------------------
-# Error messages
+# Error messages: what the spec's structure tells diffcore.messages
 # ---------------------------------------------------------------------------------------------
 
 
-def format_problems(problems: list[tuple[str, str]], source: str, what: str = "spec") -> str:
-    """One paragraph: ``<source>: invalid <what>: `a.b`: message; `c`: message``."""
-    parts = [f"`{path}`: {msg}" if path else msg for path, msg in problems]
-    return f"{source}: invalid {what}: " + "; ".join(parts)
+class _SpecContext:
+    """The pipeline spec's structure for :func:`~diffcore.messages.describe_errors`."""
 
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
 
-def describe_errors(exc: ValidationError, *, data: Any = None, registry: Registry | None = None,
-                    allowed_fields: list[str] | None = None) -> list[tuple[str, str]]:
-    """``(dotted path, message with the fix)`` for every error of a validation failure.
-
-    ``data`` and ``registry`` let messages about a whole spec name the allowed fields of each
-    component; ``allowed_fields`` does it for a single component's parameters.
-    """
-    out: list[tuple[str, str]] = []
-    errors = exc.errors(include_url=False)
-    for err in errors:
-        if err["type"] == "none_required" and len(errors) > 1:
-            continue  # the `None` branch of an optional field; the other branch's error says more
-        loc = _clean_loc(err["loc"], data)
-        msg = _message(err, loc, data, registry, allowed_fields)  # may extend loc, e.g. with "type"
-        path = ".".join(str(p) for p in loc)
-        if (path, msg) not in out:
-            out.append((path, msg))
-    return out
-
-
-def _clean_loc(loc: tuple[int | str, ...], data: Any) -> list[int | str]:
-    """Drop pydantic's union-branch labels (the tag of a discriminated union, ``list[int]``...)."""
-    clean: list[int | str] = []
-    node = data
-    for item in loc:
-        if data is not None:
-            if isinstance(node, dict) and isinstance(item, str) and item not in node and (
-                node.get("type") == item or _looks_like_branch(item)):
-                continue
-            if isinstance(node, list) and isinstance(item, str):
-                continue
-        clean.append(item)
-        node = _child(node, item)
-    return clean
-
-
-def _looks_like_branch(item: str) -> bool:
-    return any(c in item for c in "[]-") or item in {"none", "int", "float", "str", "bool"}
-
-
-def _child(node: Any, item: int | str) -> Any:
-    if isinstance(node, dict):
-        return node.get(item)
-    if isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
-        return node[item]
-    return None
-
-
-def _kind_at(loc: list[int | str]) -> str | None:
-    """The component kind of the spec node at ``loc`` (``["sampler"]``, ``["guidance", 0]``)."""
-    if len(loc) == 1 and loc[0] in COMPONENT_FIELDS:
-        return COMPONENT_FIELDS[str(loc[0])]
-    if len(loc) == 2 and loc[0] in LIST_FIELDS and isinstance(loc[1], int):
-        return LIST_FIELDS[str(loc[0])]
-    return None
-
-
-def _allowed_fields(loc: list[int | str], data: Any, registry: Registry | None) -> list[str] | None:
-    if not loc:
-        return list(pipeline_spec_model(registry).model_fields) if registry is not None else None
-    kind = _kind_at(loc)
-    node = _node_at(data, loc)
-    if kind is None or registry is None or not isinstance(node, dict):
+    def kind_at(self, loc: list[int | str]) -> str | None:
+        if len(loc) == 1 and loc[0] in COMPONENT_FIELDS:
+            return COMPONENT_FIELDS[str(loc[0])]
+        if len(loc) == 2 and loc[0] in LIST_FIELDS and isinstance(loc[1], int):
+            return LIST_FIELDS[str(loc[0])]
         return None
-    try:
-        cls = registry.get(kind, str(node.get("type")))
-    except RegistryError:
-        return None
-    return ["type", *cls.Params.model_fields]
 
+    def list_kind(self, field: str) -> str | None:
+        return LIST_FIELDS.get(field)
 
-def _message(err: Any, loc: list[int | str], data: Any, registry: Registry | None,
-             allowed_fields: list[str] | None = None) -> str:
-    kind, given = err["type"], err.get("input")
-    if kind == "union_tag_invalid" or (kind == "literal_error" and loc and loc[-1] == "type"):
-        if kind == "union_tag_invalid":
-            loc.append("type")
-        comp_kind = _kind_at(loc[:-1]) or "component"
-        names = _names(registry, comp_kind)
-        node = _child(_node_at(data, loc[:-1]), "type")
-        if node is None or node == "":
-            return f"`type` is empty; set it to one of: {', '.join(names)}"
-        return unknown_name_message(comp_kind, str(node), names) + "; set `type` to one of them"
-    if kind == "union_tag_not_found" or (kind == "missing" and loc and loc[-1] == "type" and _kind_at(loc[:-1])):
-        if kind == "union_tag_not_found":
-            loc.append("type")
-        names = _names(registry, _kind_at(loc[:-1]) or "component")
-        return f"missing `type`; add `type: <name>` with one of: {', '.join(names)}"
-    if kind == "missing":
-        return "required field is missing; add it"
-    list_kind = LIST_FIELDS.get(str(loc[0])) if len(loc) == 1 else None
-    if kind == "too_long" and list_kind and not _names(registry, list_kind):
-        return (f"no {list_kind} is registered; remove `{loc[0]}` or install a plugin that "
-                "provides one (`diffcore plugins` lists what is loaded)")
-    if kind == "extra_forbidden":
-        name = str(loc[-1]) if loc else "?"
-        allowed = allowed_fields if allowed_fields is not None else _allowed_fields(loc[:-1], data, registry)
-        if allowed is None:
-            return "unknown field; remove it"
-        best = closest_first(name, allowed)[0] if allowed else None
-        hint = f"did you mean {best!r}? " if best and similarity(name, best) >= 0.6 else ""
-        return f"unknown field {name!r}; {hint}allowed fields: {', '.join(allowed)}"
-    if kind in {"model_type", "model_attributes_type", "dict_type"} and _kind_at(loc):
-        return (f"expected a mapping {{type: <name>, ...params}}, got {_type_name(given)}; "
-                f"write e.g. `{loc[0]}: {{type: ...}}`")
-    if kind == "finite_number":
-        return f"must be a finite number, got {given!r}; NaN and Inf are not allowed here"
-    message = err["msg"]
-    if kind == "value_error":
-        message = message.removeprefix("Value error, ")
-    return f"{message} (got {_short(given)})" if "input" in err and not isinstance(given, dict) else message
+    def names(self, kind: str) -> list[str]:
+        return self.registry.names(kind) if kind in _FIELD_KIND.values() else []
 
-
-def _names(registry: Registry | None, kind: str) -> list[str]:
-    return registry.names(kind) if registry is not None and kind in _FIELD_KIND.values() else []
-
-
-def _node_at(data: Any, loc: list[int | str]) -> Any:
-    for item in loc:
-        data = _child(data, item)
-    return data
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 40, 40
-
-
-def _short(value: Any) -> str:
-    """A bounded rendering of an input value (never walks more than a few elements)."""
-    text = _REPR.repr(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean",
-            dict: "a mapping"}.get(type(value), type(value).__name__)
+    def allowed_fields(self, loc: list[int | str], node: Any) -> list[str] | None:
+        if not loc:
+            return list(pipeline_spec_model(self.registry).model_fields)
+        kind = self.kind_at(loc)
+        if kind is None or not isinstance(node, dict):
+            return None
+        try:
+            cls = self.registry.get(kind, str(node.get("type")))
+        except RegistryError:
+            return None
+        return ["type", *cls.Params.model_fields]

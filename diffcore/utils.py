@@ -1,11 +1,15 @@
-"""Small tensor helpers shared by core and plugins."""
+"""Small helpers shared by core and plugins: per-sample broadcasting and the one atomic file writer."""
 
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def bcast(coef: Tensor, x: Tensor) -> Tensor:
@@ -14,12 +18,28 @@ def bcast(coef: Tensor, x: Tensor) -> Tensor:
     return coef.to(x.dtype).reshape(coef.shape[0], *([1] * (x.ndim - 1)))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then a rename, so a
-    reader never sees a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def atomic_write(path: str | Path, content: str | bytes | Callable[[IO[bytes]], object]) -> Path:
+    """Write ``content`` to ``path`` atomically and durably: a fresh temporary file in the same folder
+    (unique per call, so concurrent writers never share one), flushed to disk, then renamed over
+    ``path``. A reader sees the old file or the new one, never a partial one; a crash leaves no
+    temporary file behind once the ``finally`` runs.
+
+    ``content``: text (UTF-8), bytes, or a function writing to the open binary handle (e.g.
+    ``lambda f: figure.savefig(f, format="png")``). Returns ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        tmp.write_text(text)
+        with tmp.open("xb") as handle:
+            if isinstance(content, str):
+                handle.write(content.encode())
+            elif isinstance(content, bytes):
+                handle.write(content)
+            else:
+                content(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path

@@ -182,10 +182,11 @@ def sampler_report(sampler: Sampler, process: ForwardProcess, *, num: int = 20_0
     seconds = time.perf_counter() - start
     gen = torch.Generator().manual_seed(10_000 + seed)
     reference = sample_mixture(mixture, num, gen)
-    if isinstance(process, LinearGaussianProcess):
-        t = torch.tensor([process.t_min], dtype=torch.float64)
+    lg = process.linear_gaussian
+    if lg is not None:
+        t = torch.tensor([lg.t_min], dtype=torch.float64)
         z = torch.randn(reference.shape, generator=gen, dtype=torch.float64)
-        reference = float(process.alpha(t)) * reference + float(process.sigma(t)) * z
+        reference = float(lg.alpha(t)) * reference + float(lg.sigma(t)) * z
     samples = result.x.detach().cpu().to(torch.float64)
     log_w, means, variances = _mixture_tensors(mixture)
     return SamplerReport(

@@ -27,18 +27,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from diffcore.errors import UsageError
+from diffcore.utils import atomic_write
 
 FORMAT = "diffcore-checkpoint-1"
 LATEST = "latest"
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(run_dir: Path, step: int, files: dict[str, dict[str, Tensor]], metadata: dict[str, Any]) -> Path:
@@ -61,7 +53,7 @@ def save_checkpoint(run_dir: Path, step: int, files: dict[str, dict[str, Tensor]
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _atomic_text(run_dir / LATEST, final.name + "\n")
+    atomic_write(run_dir / LATEST, final.name + "\n")
     return final
 
 

@@ -21,13 +21,13 @@ import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from diffcore.component import check_compatible
 from diffcore.distributed import World, barrier, current_world, mean_over_ranks
 from diffcore.errors import UsageError
 from diffcore.model import ScoreModel
 from diffcore.noise import BatchNoise, NoiseSource
 from diffcore.objective import Objective
 from diffcore.process import ForwardProcess
-from diffcore.sampler import check_compatible
 from diffcore.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from diffcore.training.config import TrainConfig
 from diffcore.training.ema import ExponentialMovingAverage
@@ -82,6 +82,7 @@ class Trainer:
                  world: World | None = None, metadata: dict[str, Any] | None = None) -> None:
         self.config = cfg = config or TrainConfig()
         check_compatible(objective, process)
+        check_compatible(model, process)
         model.bind(process)
         self.model, self.objective, self.process = model, objective, process
         self.data, self.labels, self.spec, self.transform = data, labels, spec or {}, transform

@@ -21,7 +21,7 @@ from torch import Tensor
 from diffcore.component import Params
 from diffcore.errors import CompatibilityError
 from diffcore.model import ScoreModel
-from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, LinearGaussianProcess
+from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, LinearGaussianProcess, require_linear_gaussian
 from diffcore.utils import bcast
 
 
@@ -82,9 +82,7 @@ class GaussianMixture(ScoreModel):
         return len(self.params.weights)
 
     def bind(self, process: ForwardProcess) -> None:
-        if not isinstance(process, LinearGaussianProcess):
-            raise CompatibilityError(f"gmm needs a linear-Gaussian process, got {type(process).__name__}")
-        self._process = process
+        self._process = require_linear_gaussian(process, "the gmm model")
 
     def _marginal_terms(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``diff = x - alpha mu_k`` and ``var = alpha^2 v_k + sigma^2``, both ``(B, K, D)``, and the

@@ -5,16 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffcore.model import ScoreModel, to_score
+from diffcore.model import ScoreModel, score_function
 from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, LinearGaussianProcess
 from diffcore.utils import bcast
-
-
-def linear_gaussian(process: ForwardProcess) -> LinearGaussianProcess:
-    if not isinstance(process, LinearGaussianProcess):  # the pipeline checks `requires` first
-        raise TypeError(f"{type(process).__name__} is not a linear-Gaussian process")
-    return process
 
 
 def uniform_times(process: ForwardProcess, noise: NoiseSource, dtype: torch.dtype) -> Tensor:
@@ -45,4 +39,4 @@ def score_on_noisy_data(model: ScoreModel, process: LinearGaussianProcess, x0: T
     t = uniform_times(process, noise, x0.dtype)
     x_t, _ = perturb(process, x0, t, noise)
     x_t = x_t.detach().requires_grad_(True)
-    return t, x_t, to_score(model(x_t, t, cond), model.output, x_t, t, process)
+    return t, x_t, score_function(model, process)(x_t, t, cond)

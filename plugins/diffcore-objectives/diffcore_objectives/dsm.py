@@ -12,9 +12,9 @@ from diffcore.component import Params
 from diffcore.model import ScoreModel, to_score
 from diffcore.noise import NoiseSource
 from diffcore.objective import Objective
-from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess
+from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, require_linear_gaussian
 from diffcore.utils import bcast
-from diffcore_objectives.common import linear_gaussian, perturb, sum_event, uniform_times
+from diffcore_objectives.common import perturb, sum_event, uniform_times
 
 
 class DSMParams(Params):
@@ -46,7 +46,7 @@ class DenoisingScoreMatching(Objective):
 
     def loss(self, model: ScoreModel, process: ForwardProcess, x0: Tensor, noise: NoiseSource,
              cond: Tensor | None = None) -> Tensor:
-        lg = linear_gaussian(process)
+        lg = require_linear_gaussian(process, f"objective {self.name!r}")
         p = self.params
         if p.importance_sampling and p.weighting == "likelihood":
             ends = torch.tensor([lg.t_min, lg.T], dtype=torch.float64, device=x0.device)

@@ -8,8 +8,8 @@ from torch import Tensor
 from diffcore.model import ScoreModel
 from diffcore.noise import NoiseSource
 from diffcore.objective import Objective
-from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess
-from diffcore_objectives.common import linear_gaussian, score_on_noisy_data, sum_event
+from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, require_linear_gaussian
+from diffcore_objectives.common import score_on_noisy_data, sum_event
 
 
 class ExactScoreMatching(Objective):
@@ -21,7 +21,7 @@ class ExactScoreMatching(Objective):
 
     def loss(self, model: ScoreModel, process: ForwardProcess, x0: Tensor, noise: NoiseSource,
              cond: Tensor | None = None) -> Tensor:
-        lg = linear_gaussian(process)
+        lg = require_linear_gaussian(process, f"objective {self.name!r}")
         t, x_t, score = score_on_noisy_data(model, lg, x0, noise, cond)
         flat = score.reshape(x0.shape[0], -1)
         trace = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)

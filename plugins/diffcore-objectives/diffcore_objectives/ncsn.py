@@ -10,9 +10,9 @@ from diffcore.component import Params
 from diffcore.model import ScoreModel, to_score
 from diffcore.noise import NoiseSource
 from diffcore.objective import Objective
-from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess
+from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, require_linear_gaussian
 from diffcore.utils import bcast
-from diffcore_objectives.common import linear_gaussian, perturb, sum_event
+from diffcore_objectives.common import perturb, sum_event
 
 
 class NCSNParams(Params):
@@ -35,14 +35,14 @@ class NCSNScoreMatching(Objective):
 
     def levels(self, process: ForwardProcess, device: torch.device) -> Tensor:
         """The ``L`` times of the ladder, ``(L,)``, from ``T`` (largest noise) down to ``t_min``."""
-        lg = linear_gaussian(process)
+        lg = require_linear_gaussian(process, f"objective {self.name!r}")
         ends = lg.half_log_snr(torch.tensor([lg.T, lg.t_min], dtype=torch.float64, device=device))
         return lg.t_from_half_log_snr(torch.linspace(float(ends[0]), float(ends[1]), self.params.num_scales,
                                                      dtype=torch.float64, device=device))
 
     def loss(self, model: ScoreModel, process: ForwardProcess, x0: Tensor, noise: NoiseSource,
              cond: Tensor | None = None) -> Tensor:
-        lg = linear_gaussian(process)
+        lg = require_linear_gaussian(process, f"objective {self.name!r}")
         levels = self.levels(lg, x0.device)
         u = noise.uniform((), step=0, stream="level", dtype=torch.float64)
         index = torch.clamp((u * self.params.num_scales).long(), max=self.params.num_scales - 1)

@@ -12,9 +12,9 @@ from diffcore.component import Params
 from diffcore.model import ScoreModel, convert
 from diffcore.noise import NoiseSource
 from diffcore.objective import Objective
-from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess
+from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, require_linear_gaussian
 from diffcore.utils import bcast
-from diffcore_objectives.common import linear_gaussian, perturb, sum_event, uniform_times
+from diffcore_objectives.common import perturb, sum_event, uniform_times
 
 
 class PredictionParams(Params):
@@ -34,7 +34,7 @@ class PredictionLoss(Objective):
 
     def loss(self, model: ScoreModel, process: ForwardProcess, x0: Tensor, noise: NoiseSource,
              cond: Tensor | None = None) -> Tensor:
-        lg = linear_gaussian(process)
+        lg = require_linear_gaussian(process, f"objective {self.name!r}")
         t = uniform_times(lg, noise, x0.dtype)
         alpha_t, sigma_t = lg.alpha(t), lg.sigma(t)
         x_t, eps = perturb(lg, x0, t, noise, alpha=alpha_t, sigma=sigma_t)
