@@ -73,8 +73,8 @@ def test_passes_the_conformance_suites(example_registry: Registry) -> None:
     check_linear_gaussian_consistency(process)  # type: ignore[arg-type]
     print(check_process_marginals(process))  # type: ignore[arg-type]
     for sampler in ("euler_maruyama", "probability_flow"):
-        report = check_sampler(example_registry.build("sampler", sampler), process,  # type: ignore[arg-type]
-                               registry=example_registry)
+        reference = example_registry.build("model", "gmm", **REFERENCE_MIXTURE)
+        report = check_sampler(example_registry.build("sampler", sampler), process, reference)  # type: ignore[arg-type]
         print(report)
 
 

@@ -5,9 +5,10 @@
   form ``alpha(t) E[x0]``, ``alpha(t)^2 Var[x0] + sigma(t)^2``.
 - :func:`check_linear_gaussian_consistency`: the closed-form ``f``, ``g`` and the inverse of
   ``lambda(t)`` agree with what ``alpha`` and ``sigma`` imply.
-- :func:`check_sampler`: samples from the analytic ``gmm`` model (exact score) match the mixture:
-  energy distance within ``k`` standard deviations of the data-vs-data noise floor, and mode
-  weights within a tolerance.
+- :func:`check_sampler`: samples from a reference model whose data distribution is known exactly
+  (:class:`ReferenceModel`, e.g. the analytic ``gmm`` model: exact score) match it: energy distance
+  within ``k`` standard deviations of the data-vs-data noise floor, and mode weights within a
+  tolerance.
 
 Each returns a report (numbers to print or record) and raises ``AssertionError`` with that report
 when the check fails.
@@ -18,12 +19,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from diffcore.metrics import energy_distance, mode_weights
+from diffcore.metrics import energy_distance
+from diffcore.model import ScoreModel
 from diffcore.pipeline import Pipeline
 from diffcore.process import ForwardProcess, LinearGaussianProcess
 from diffcore.registry import Registry, get_registry
@@ -154,55 +156,82 @@ class SamplerReport:
         return max(abs(a - b) for a, b in zip(self.mode_weights, self.true_weights, strict=True))
 
 
+class ReferenceModel(Protocol):
+    """A score model whose data distribution ``p_0`` is known exactly: the ground truth of
+    :func:`check_sampler` (the analytic ``gmm`` model is one; any analytic model with these three
+    members can serve)."""
+
+    name: str
+
+    @property
+    def component_weights(self) -> Tensor:
+        """The true weight ``(K,)`` of each mode of ``p_0``."""
+        ...
+
+    def mode_weights(self, x: Tensor) -> Tensor:
+        """The fraction ``(K,)`` of the samples ``x`` ``(n, *event)`` assigned to each mode."""
+        ...
+
+    def sample_data(self, num: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Exact draws ``(num, *event)`` of ``p_0`` (float64) and their mode labels ``(num,)``."""
+        ...
+
+
 _floor_cache: dict[tuple[str, int, int], float] = {}
 
 
-def energy_distance_floor(mixture: dict[str, Any], num: int, *, replicates: int = 10, seed: int = 1234) -> float:
+def energy_distance_floor(reference: dict[str, Any] | ReferenceModel, num: int, *, replicates: int = 10,
+                          seed: int = 1234) -> float:
     """Standard deviation of the energy distance between two independent exact sample sets of size
-    ``num`` (the U-statistic has mean zero, so this is its root mean square over ``replicates``)."""
-    key = (repr(sorted(mixture.items())), num, replicates)
+    ``num`` (the U-statistic has mean zero, so this is its root mean square over ``replicates``).
+    ``reference``: a reference model, or the parameters of a diagonal Gaussian mixture
+    (:func:`sample_mixture`; the same draws as the ``gmm`` model of those parameters)."""
+    key = (repr(sorted(reference.items())) if isinstance(reference, dict) else repr(reference), num, replicates)
     if key not in _floor_cache:
+        def draw(generator: torch.Generator) -> Tensor:
+            if isinstance(reference, dict):
+                return sample_mixture(reference, num, generator)
+            return reference.sample_data(num, generator)[0]
+
         gen = torch.Generator().manual_seed(seed)
-        values = [energy_distance(sample_mixture(mixture, num, gen), sample_mixture(mixture, num, gen))
-                  for _ in range(replicates)]
+        values = [energy_distance(draw(gen), draw(gen)) for _ in range(replicates)]
         _floor_cache[key] = math.sqrt(sum(v * v for v in values) / replicates)
     return _floor_cache[key]
 
 
-def sampler_report(sampler: Sampler, process: ForwardProcess, *, num: int = 20_000, seed: int = 0,
-                   mixture: dict[str, Any] | None = None, device: str | torch.device = "cpu",
-                   registry: Registry | None = None) -> SamplerReport:
-    """Sample ``num`` points from the ``gmm`` model of ``mixture`` through ``process`` and measure
-    them against fresh exact draws of ``p_{t_min}`` (the marginal the sampler targets)."""
-    mixture = mixture or REFERENCE_MIXTURE
-    model = (registry or get_registry()).build("model", "gmm", **mixture)
-    pipe = Pipeline(process, model, sampler)  # type: ignore[arg-type]
+def sampler_report(sampler: Sampler, process: ForwardProcess, reference: ReferenceModel, *, num: int = 20_000,
+                   seed: int = 0, device: str | torch.device = "cpu") -> SamplerReport:
+    """Sample ``num`` points from the ``reference`` model (a score model whose ``p_0`` is known
+    exactly, e.g. ``gmm`` built on :data:`REFERENCE_MIXTURE`) through ``process`` and measure them
+    against fresh exact draws of ``p_{t_min}`` (the marginal the sampler targets)."""
+    if not isinstance(reference, ScoreModel):
+        raise TypeError(f"the reference must be a score model with exact data draws, got {type(reference).__name__}")
+    pipe = Pipeline(process, reference, sampler)
     start = time.perf_counter()
     result = pipe.sample(num, seed=seed, device=device)
     seconds = time.perf_counter() - start
     gen = torch.Generator().manual_seed(10_000 + seed)
-    reference = sample_mixture(mixture, num, gen)
+    exact = reference.sample_data(num, gen)[0]
     lg = process.linear_gaussian
     if lg is not None:
         t = torch.tensor([lg.t_min], dtype=torch.float64)
-        z = torch.randn(reference.shape, generator=gen, dtype=torch.float64)
-        reference = float(lg.alpha(t)) * reference + float(lg.sigma(t)) * z
+        z = torch.randn(exact.shape, generator=gen, dtype=torch.float64)
+        exact = float(lg.alpha(t)) * exact + float(lg.sigma(t)) * z
     samples = result.x.detach().cpu().to(torch.float64)
-    log_w, means, variances = _mixture_tensors(mixture)
     return SamplerReport(
         sampler=sampler.name, process=process.name, num=num,
-        energy_distance=energy_distance(samples, reference),
-        floor_std=energy_distance_floor(mixture, num),
-        mode_weights=mode_weights(samples, log_w, means, variances).tolist(),
-        true_weights=log_w.exp().tolist(), nfe=result.nfe, seconds=seconds,
+        energy_distance=energy_distance(samples, exact),
+        floor_std=energy_distance_floor(reference, num),
+        mode_weights=reference.mode_weights(samples).tolist(),
+        true_weights=reference.component_weights.tolist(), nfe=result.nfe, seconds=seconds,
     )
 
 
-def check_sampler(sampler: Sampler, process: ForwardProcess, *, max_floor_stds: float = 3.0,
-                  weight_tol: float = 0.02, **kwargs: Any) -> SamplerReport:
+def check_sampler(sampler: Sampler, process: ForwardProcess, reference: ReferenceModel, *,
+                  max_floor_stds: float = 3.0, weight_tol: float = 0.02, **kwargs: Any) -> SamplerReport:
     """:func:`sampler_report`, asserting the energy distance is at most ``max_floor_stds`` floor
     standard deviations and every mode weight is within ``weight_tol`` of the truth."""
-    report = sampler_report(sampler, process, **kwargs)
+    report = sampler_report(sampler, process, reference, **kwargs)
     assert report.ed_in_floor_stds <= max_floor_stds, (
         f"{report.sampler} on {report.process}: energy distance {report.energy_distance:.3g} is "
         f"{report.ed_in_floor_stds:.2f} floor stds (limit {max_floor_stds}): {report}")

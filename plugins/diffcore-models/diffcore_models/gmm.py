@@ -20,6 +20,7 @@ from torch import Tensor
 
 from diffcore.component import Params
 from diffcore.errors import CompatibilityError
+from diffcore.metrics import mode_weights
 from diffcore.model import ScoreModel
 from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, LinearGaussianProcess, require_linear_gaussian
 from diffcore.utils import bcast
@@ -109,6 +110,16 @@ class GaussianMixture(ScoreModel):
     def log_prob(self, x: Tensor, t: Tensor) -> Tensor:
         """Exact ``log p_t(x)``, shape ``(B,)``."""
         return torch.logsumexp(self._marginal_terms(x, t)[2], dim=1)
+
+    @property
+    def component_weights(self) -> Tensor:
+        """The mixture weights ``(K,)`` (float64, summing to one)."""
+        return self.log_weights.exp()
+
+    def mode_weights(self, x: Tensor) -> Tensor:
+        """Fraction ``(K,)`` of the samples ``x`` ``(n, D)`` whose most probable component is each
+        component (:func:`diffcore.metrics.mode_weights`)."""
+        return mode_weights(x, self.log_weights, self.means, self.variances)
 
     def sample_data(self, num: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Exact draws from ``p_0``: samples ``(num, D)`` (float64) and their component labels ``(num,)``."""
