@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
 import pstats
 import statistics
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from common import interleaved
 from torch import Tensor, nn
 
 from diffcore import get_registry
@@ -191,12 +193,9 @@ def measure(cfg: BenchConfig, device: torch.device, *, block_seconds: float, rou
     steps = max(3, round(rate * block_seconds))
     for step in loops:
         steps_per_second(step, steps, device)
-    row = Row(cfg.name, steps, [], [])
-    for r in range(rounds):
-        order = [(ours.train_step, row.ours), (baseline.train_step, row.baseline)]
-        for step, rates in order if r % 2 == 0 else order[::-1]:
-            rates.append(steps_per_second(step, steps, device))
-    return row
+    ours_rates, baseline_rates = interleaved([functools.partial(steps_per_second, step, steps, device)
+                                              for step in loops], rounds)
+    return Row(cfg.name, steps, ours_rates, baseline_rates)
 
 
 def profile(cfg: BenchConfig, device: torch.device, *, steps: int, top: int = 15) -> None:
