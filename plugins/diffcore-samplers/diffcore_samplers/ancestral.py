@@ -17,65 +17,22 @@ sigma_{t|s}^2 I)``, ``alpha_{t|s} = alpha_t / alpha_s``, ``sigma_{t|s}^2 = sigma
 
 For VP (``alpha^2 = abar``, ``sigma^2 = 1 - abar``) this is exactly (20.16)-(20.17) with
 ``beta = sigma_{t|s}^2 = 1 - abar_t / abar_s``. The sampler replaces ``x_0`` by its Tweedie estimate
-``x0 = (x_t + sigma_t^2 s(x_t, t)) / alpha_t`` from the score.
+``x0 = (x_t + sigma_t^2 s(x_t, t)) / alpha_t`` from the score. The step itself
+(:func:`~diffcore_samplers.common.ancestral_step`, with :func:`~diffcore_samplers.common.posterior`) is
+shared with ``pc``'s ``ancestral`` predictor and lives in :mod:`diffcore_samplers.common`.
 """
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 from torch import Tensor
 
-from diffcore.errors import CompatibilityError
+from diffcore.component import describe
 from diffcore.grids import GridKind, GridParams, time_grid
 from diffcore.noise import NoiseSource
-from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, LinearGaussianProcess, ScoreFn
+from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.sampler import Callback, Sampler
-
-
-def as_linear_gaussian(process: ForwardProcess, what: str) -> LinearGaussianProcess:
-    """``process`` narrowed to a linear-Gaussian process, or a :class:`CompatibilityError` naming ``what``."""
-    if not isinstance(process, LinearGaussianProcess):
-        raise CompatibilityError(f"{what} needs a linear-Gaussian process (alpha, sigma); "
-                                 f"{getattr(process, 'name', type(process).__name__)!r} is not one")
-    return process
-
-
-def alpha_sigma(process: LinearGaussianProcess, t: float) -> tuple[float, float]:
-    """``alpha(t)`` and ``sigma(t)`` as Python floats, evaluated in float64 on the CPU."""
-    tt = torch.tensor([t], dtype=torch.float64)
-    return float(process.alpha(tt)), float(process.sigma(tt))
-
-
-def transition(process: LinearGaussianProcess, s: float, t: float) -> tuple[float, float]:
-    """``alpha_{t|s} = alpha_t / alpha_s`` and ``sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2``
-    of the forward transition ``x_t | x_s`` for ``s < t`` (float64; the variance clamped at zero)."""
-    alpha_s, sigma_s = alpha_sigma(process, s)
-    alpha_t, sigma_t = alpha_sigma(process, t)
-    a = alpha_t / alpha_s
-    return a, max(sigma_t**2 - a**2 * sigma_s**2, 0.0)
-
-
-def posterior(process: LinearGaussianProcess, x_t: Tensor, x0: Tensor, t: float, s: float) -> tuple[Tensor, float]:
-    """Mean ``(B, *event)`` and standard deviation (a float) of ``q(x_s | x_t, x_0)`` for ``s < t``:
-    seed 003 eqs. 20.16 (mean) and 20.17 (variance) for a general linear-Gaussian process."""
-    alpha_s, sigma_s = alpha_sigma(process, s)
-    _, sigma_t = alpha_sigma(process, t)
-    a, var_ts = transition(process, s, t)
-    mean = (a * sigma_s**2 / sigma_t**2) * x_t + (alpha_s * var_ts / sigma_t**2) * x0
-    return mean, (var_ts * sigma_s**2 / sigma_t**2) ** 0.5
-
-
-def step(score_fn: ScoreFn, process: ForwardProcess, x: Tensor, t: float, s: float, z: Tensor | None) -> Tensor:
-    """One ancestral step from ``x`` ``(B, *event)`` at time ``t`` to time ``s < t``: the posterior
-    ``q(x_s | x_t, x0)`` (eqs. 20.16-20.17) with ``x0`` from the score by Tweedie's formula, plus
-    ``std * z`` (``z`` shaped like ``x``; ``None``: the posterior mean). One score evaluation."""
-    lg = as_linear_gaussian(process, "ancestral sampling")
-    alpha_t, sigma_t = alpha_sigma(lg, t)
-    tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
-    x0 = (x + sigma_t**2 * score_fn(x, tt)) / alpha_t
-    mean, std = posterior(lg, x, x0, t, s)
-    return mean if z is None else mean + std * z
+from diffcore_samplers.common import ANCESTRAL
 
 
 class AncestralParams(GridParams):
@@ -100,15 +57,16 @@ class Ancestral(Sampler):
     name = "ancestral"
     Params = AncestralParams
     params: AncestralParams
-    requires = frozenset({LINEAR_GAUSSIAN})
+    requires = ANCESTRAL.requires
 
     def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
             callback: Callback | None) -> tuple[Tensor, int]:
         p = self.params
+        step = ANCESTRAL.prepare(process, describe(self))
         times = time_grid(process, p.steps, p.grid, rho=p.rho).tolist()
         x, event = x_T, tuple(x_T.shape[1:])
         for i in range(p.steps):
             z = noise.normal(event, step=i, dtype=x.dtype) if i < p.steps - 1 else None
-            x = step(score_fn, process, x, times[i], times[i + 1], z)
+            x = step(score_fn, x, times[i], times[i + 1], z)
             self.report(callback, i, times[i + 1], x)
         return x, p.steps

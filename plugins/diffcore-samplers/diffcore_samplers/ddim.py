@@ -7,11 +7,12 @@ import math
 from pydantic import Field
 from torch import Tensor
 
+from diffcore.component import describe
 from diffcore.grids import GridKind, GridParams
 from diffcore.noise import NoiseSource
-from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, ScoreFn
+from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, ScoreFn, require_linear_gaussian
 from diffcore.sampler import Callback, Sampler
-from diffcore_samplers.dpm_solver import finish, grid_points, linear_gaussian, score_at
+from diffcore_samplers.common import finish, grid_points, score_at
 
 
 class DDIMParams(GridParams):
@@ -54,7 +55,7 @@ class DDIM(Sampler):
     def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
             callback: Callback | None) -> tuple[Tensor, int]:
         p = self.params
-        lg = linear_gaussian(process, self.name)
+        lg = require_linear_gaussian(process, describe(self))
         points = grid_points(lg, p.steps, p.grid, p.rho)
         x, event = x_T, tuple(x_T.shape[1:])
         for i in range(p.steps):

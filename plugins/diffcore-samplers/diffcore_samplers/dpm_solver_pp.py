@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffcore_samplers.dpm_solver import DPMSolverBase
+from diffcore_samplers.common import DPMSolverBase
 
 
 class DPMSolverPP(DPMSolverBase):

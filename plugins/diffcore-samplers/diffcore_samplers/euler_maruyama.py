@@ -8,8 +8,9 @@ from torch import Tensor
 
 from diffcore.component import Params
 from diffcore.noise import NoiseSource
-from diffcore.process import ForwardProcess, LinearGaussianProcess, ScoreFn
+from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.sampler import Callback, Sampler, uniform_grid
+from diffcore_samplers.common import EULER_MARUYAMA
 
 
 class EulerMaruyamaParams(Params):
@@ -22,12 +23,14 @@ class EulerMaruyama(Sampler):
 
     Works for any process (it only needs ``f``, ``g`` and the score). One score evaluation per step;
     strong order 1/2, weak order 1. With ``denoise_last`` the final step adds no noise (score_sde's
-    ``noise_removal``).
+    ``noise_removal``). ``pc``'s ``euler_maruyama`` predictor is the same update
+    (:func:`~diffcore_samplers.common.euler_maruyama_step`).
     """
 
     name = "euler_maruyama"
     Params = EulerMaruyamaParams
     params: EulerMaruyamaParams
+    requires = EULER_MARUYAMA.requires
 
     def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
             callback: Callback | None) -> tuple[Tensor, int]:
@@ -38,7 +41,8 @@ class EulerMaruyama(Sampler):
         # every sample, and so is f(t) for a linear process (f(x, t) = f(t) x). Each step is then a
         # score evaluation and two fused tensor updates.
         g = process.diffusion(grid64[:-1]).tolist()
-        f = process.drift_coef(grid64[:-1]).tolist() if isinstance(process, LinearGaussianProcess) else None
+        lg = process.linear_gaussian
+        f = lg.drift_coef(grid64[:-1]).tolist() if lg is not None else None
         x, batch, event = x_T, x_T.shape[0], tuple(x_T.shape[1:])
         for i in range(steps):
             t, h = grid[i], grid[i] - grid[i + 1]

@@ -31,11 +31,12 @@ import math
 from pydantic import Field, model_validator
 from torch import Tensor
 
+from diffcore.component import describe
 from diffcore.grids import GridKind, GridParams
 from diffcore.noise import NoiseSource
-from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, ScoreFn
+from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, ScoreFn, require_linear_gaussian
 from diffcore.sampler import Callback, Sampler
-from diffcore_samplers.dpm_solver import LogSNRPoint, grid_points, linear_gaussian, point_at_lambda, score_at
+from diffcore_samplers.common import LogSNRPoint, grid_points, point_at_lambda, score_at
 
 MAX_GAMMA = math.sqrt(2.0) - 1.0
 """EDM's cap on the churn per step (Algorithm 2, line 4): the level is raised by at most sqrt(2)."""
@@ -88,7 +89,7 @@ class Heun(Sampler):
     def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
             callback: Callback | None) -> tuple[Tensor, int]:
         p = self.params
-        lg = linear_gaussian(process, self.name)
+        lg = require_linear_gaussian(process, describe(self))
         points = grid_points(lg, p.steps, p.grid, p.rho)
         top = level(points[0])
         gamma = min(p.churn / p.steps, MAX_GAMMA)

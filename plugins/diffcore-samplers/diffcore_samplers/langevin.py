@@ -31,12 +31,12 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from diffcore.component import Params
+from diffcore.component import Params, describe
 from diffcore.grids import GridKind, time_grid
 from diffcore.noise import NoiseSource
-from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, ScoreFn
+from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, LinearGaussianProcess, ScoreFn, require_linear_gaussian
 from diffcore.sampler import Callback, Sampler
-from diffcore_samplers.ancestral import alpha_sigma, as_linear_gaussian
+from diffcore_samplers.common import alpha_sigma
 
 
 def ula_step(score_fn: ScoreFn, x: Tensor, t: float, h: float, z: Tensor) -> Tensor:
@@ -109,10 +109,9 @@ class AnnealedLangevin(Sampler):
     params: AnnealedLangevinParams
     requires = frozenset({LINEAR_GAUSSIAN})
 
-    def step_sizes(self, process: ForwardProcess) -> list[tuple[float, float]]:
-        """``(t_i, h_i)`` for each level, from ``T`` to ``t_min``."""
+    def step_sizes(self, lg: LinearGaussianProcess) -> list[tuple[float, float]]:
+        """``(t_i, h_i)`` for each level, from ``T`` to ``t_min``, on the linear-Gaussian process ``lg``."""
         p = self.params
-        lg = as_linear_gaussian(process, "annealed Langevin dynamics")
         times = time_grid(lg, p.levels - 1, p.grid, rho=p.rho).tolist()
         sigmas = [alpha_sigma(lg, t)[1] for t in times]
         ratio = p.step_ratio if p.step_size is None else p.step_size / sigmas[-1] ** 2
@@ -121,10 +120,10 @@ class AnnealedLangevin(Sampler):
     def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
             callback: Callback | None) -> tuple[Tensor, int]:
         per_level = self.params.steps_per_level
-        lg = as_linear_gaussian(process, "annealed Langevin dynamics")
+        lg = require_linear_gaussian(process, describe(self))
         x, event = x_T, tuple(x_T.shape[1:])
         alpha_prev: float | None = None
-        for i, (t, h) in enumerate(self.step_sizes(process)):
+        for i, (t, h) in enumerate(self.step_sizes(lg)):
             alpha = alpha_sigma(lg, t)[0]
             if alpha_prev is not None:  # carry the chain to the new level: the dynamics of x / alpha
                 x = x * (alpha / alpha_prev)

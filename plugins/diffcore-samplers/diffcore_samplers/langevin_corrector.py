@@ -33,15 +33,16 @@ import torch
 from torch import Tensor
 
 from diffcore.noise import NoiseSource
-from diffcore.process import ForwardProcess, LinearGaussianProcess, ScoreFn
+from diffcore.process import LinearGaussianProcess, ScoreFn
 from diffcore.utils import bcast
-from diffcore_samplers.ancestral import alpha_sigma
+from diffcore_samplers.common import alpha_sigma
 
 
-def corrector_alpha(process: ForwardProcess, t: float, t_prev: float) -> float:
+def corrector_alpha(process: LinearGaussianProcess | None, t: float, t_prev: float) -> float:
     """``alpha_i`` of the step-size rule at ``t`` after the grid interval ``[t, t_prev]``:
-    ``(alpha(t_prev) / alpha(t))^2`` for a linear-Gaussian process, else ``1``."""
-    if not isinstance(process, LinearGaussianProcess) or t_prev == t:
+    ``(alpha(t_prev) / alpha(t))^2`` for a linear-Gaussian process (``process.linear_gaussian``,
+    looked up once by the caller), ``1`` for ``None`` (a process that is not one)."""
+    if process is None or t_prev == t:
         return 1.0
     return (alpha_sigma(process, t_prev)[0] / alpha_sigma(process, t)[0]) ** 2
 

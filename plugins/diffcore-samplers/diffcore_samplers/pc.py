@@ -4,12 +4,15 @@ On the time grid ``T = t_0 > t_1 > ... > t_N = t_min``, step ``i`` first *predic
 ``t_{i+1}`` from ``t_i`` with one step of a numerical solver of the reverse SDE, then *corrects* it
 with ``corrector_steps`` steps of Langevin dynamics on ``p_{t_{i+1}}`` (score-based MCMC; the paper's
 Algorithms 2 and 3 order: predictor, then corrector at the new time, so the last correction is at
-``t_min``). Predictors (each a pure ``step(score_fn, process, x, t, s, z)`` shared with its standalone
-sampler):
+``t_min``). Predictors (each a :class:`~diffcore_samplers.common.Predictor` of :mod:`diffcore_samplers.common`:
+the step shared with its standalone sampler, declared once with the capabilities it needs):
 
-- ``reverse_diffusion``: :func:`diffcore_samplers.reverse_diffusion.step`;
-- ``euler_maruyama``: :func:`euler_maruyama_step` (the update of the ``euler_maruyama`` sampler);
-- ``ancestral``: :func:`diffcore_samplers.ancestral.step` (linear-Gaussian processes only);
+- ``reverse_diffusion``: :data:`~diffcore_samplers.common.REVERSE_DIFFUSION`
+  (:func:`~diffcore_samplers.common.reverse_diffusion_step`);
+- ``euler_maruyama``: :data:`~diffcore_samplers.common.EULER_MARUYAMA`
+  (:func:`~diffcore_samplers.common.euler_maruyama_step`, the update of the ``euler_maruyama`` sampler);
+- ``ancestral``: :data:`~diffcore_samplers.common.ANCESTRAL`
+  (:func:`~diffcore_samplers.common.ancestral_step`; linear-Gaussian processes only);
 - ``none``: the identity; with the Langevin corrector this is annealed Langevin dynamics on the grid
   with the signal-to-noise step size (Song et al. 2021, "corrector only").
 
@@ -18,45 +21,19 @@ Corrector: ``langevin`` (:class:`~diffcore_samplers.langevin_corrector.LangevinC
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from itertools import pairwise
+from typing import Literal
 
-import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
+from diffcore.component import describe
 from diffcore.grids import GridKind, GridParams, time_grid
 from diffcore.noise import NoiseSource
-from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, LinearGaussianProcess, ScoreFn
+from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.sampler import Callback, Sampler
-from diffcore.utils import bcast
-from diffcore_samplers import ancestral, reverse_diffusion
-from diffcore_samplers.ancestral import alpha_sigma
+from diffcore_samplers.common import PREDICTORS, alpha_sigma
 from diffcore_samplers.langevin_corrector import LangevinCorrector, corrector_alpha
-
-PredictorStep = Callable[[ScoreFn, ForwardProcess, Tensor, float, float, "Tensor | None"], Tensor]
-"""``(score_fn, process, x, t, s, z) -> x_s``: one predictor step from ``t`` to ``s < t``; ``z``
-``(B, *event)`` is the step's standard normal noise, ``None`` for a step without noise."""
-
-
-def euler_maruyama_step(score_fn: ScoreFn, process: ForwardProcess, x: Tensor, t: float, s: float,
-                        z: Tensor | None) -> Tensor:
-    """One Euler-Maruyama step of the reverse SDE (seed 001) from ``t`` to ``s < t``:
-    ``x - [f(x, t) - g(t)^2 s(x, t)] h + g(t) sqrt(h) z`` with ``h = t - s``. One score evaluation."""
-    reverse = process.reverse(score_fn)
-    tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
-    h = t - s
-    x = x - reverse.drift(x, tt) * h
-    return x if z is None else x + bcast(reverse.diffusion(tt), x) * (h**0.5) * z
-
-
-PREDICTORS: dict[str, PredictorStep | None] = {
-    "reverse_diffusion": reverse_diffusion.step,
-    "euler_maruyama": euler_maruyama_step,
-    "ancestral": ancestral.step,
-    "none": None,
-}
-"""The predictor step of each ``predictor`` choice (``None``: no predictor)."""
 
 
 class PCParams(GridParams):
@@ -101,27 +78,37 @@ class PC(Sampler):
     Params = PCParams
     params: PCParams
 
-    def __init__(self, params: PCParams | None = None, /, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        if self.params.predictor == "ancestral":
-            # an instance attribute shadows the class default, so the pipeline's check sees it
-            object.__setattr__(self, "requires", frozenset({LINEAR_GAUSSIAN}))
+    def requirements(self) -> dict[str, str]:
+        """The sampler's own requirements and those of its predictor (the ``requires`` of the
+        :class:`~diffcore_samplers.common.Predictor`, which its standalone sampler declares too)."""
+        needs = super().requirements()
+        predictor = PREDICTORS.get(self.params.predictor)
+        if predictor is not None:
+            who = f"{describe(self)} with predictor {self.params.predictor!r}"
+            for capability in sorted(predictor.requires):
+                needs.setdefault(capability, who)
+        return needs
 
     def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
             callback: Callback | None) -> tuple[Tensor, int]:
         p = self.params
-        predict = PREDICTORS[p.predictor]
+        predictor = PREDICTORS.get(p.predictor)
+        predict = predictor.prepare(process, f"{describe(self)} with predictor {p.predictor!r}") if predictor else None
         corrector = LangevinCorrector(p.snr, p.corrector_steps) if p.corrector == "langevin" else None
         times = time_grid(process, p.steps, p.grid, rho=p.rho).tolist()
+        # the corrector's alpha_i and sigma(s) at each grid step, from the typed process looked up once
+        lg = process.linear_gaussian
+        corrections = [(corrector_alpha(lg, s, t), alpha_sigma(lg, s)[1] if lg is not None else None)
+                       for t, s in pairwise(times)] if corrector is not None else []
         x, event = x_T, tuple(x_T.shape[1:])
         for i in range(p.steps):
             t, s = times[i], times[i + 1]
             if predict is not None:
                 last = i == p.steps - 1
                 z = None if (last and p.denoise_last) else noise.normal(event, step=i, dtype=x.dtype)
-                x = predict(score_fn, process, x, t, s, z)
+                x = predict(score_fn, x, t, s, z)
             if corrector is not None:
-                sigma = alpha_sigma(process, s)[1] if isinstance(process, LinearGaussianProcess) else None
-                x = corrector.correct(score_fn, x, s, corrector_alpha(process, s, t), noise, i, sigma=sigma)
+                alpha_i, sigma = corrections[i]
+                x = corrector.correct(score_fn, x, s, alpha_i, noise, i, sigma=sigma)
             self.report(callback, i, s, x)
         return x, p.steps

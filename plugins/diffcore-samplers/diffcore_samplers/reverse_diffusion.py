@@ -14,41 +14,23 @@ Discretise the forward SDE on the grid as ``x_t = x_s + f_s(x_s) + G_s z`` for c
   abar_s``), on VE its ``G^2 = sigma_t^2 - sigma_s^2``;
 - any other process: the Euler-Maruyama step, ``f = f(x, t) (t - s)``, ``G = g(t) sqrt(t - s)``, which
   makes the predictor the reverse Euler-Maruyama step (score_sde's generic ``SDE.discretize``).
+
+The step (:func:`~diffcore_samplers.common.reverse_diffusion_step`, with
+:func:`~diffcore_samplers.common.discretized_forward`) is shared with ``pc``'s ``reverse_diffusion``
+predictor and lives in :mod:`diffcore_samplers.common`.
 """
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 from torch import Tensor
 
+from diffcore.component import describe
 from diffcore.grids import GridKind, GridParams, time_grid
 from diffcore.noise import NoiseSource
-from diffcore.process import ForwardProcess, LinearGaussianProcess, ScoreFn
+from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.sampler import Callback, Sampler
-from diffcore.utils import bcast
-from diffcore_samplers.ancestral import transition
-
-
-def discretized_forward(process: ForwardProcess, x: Tensor, t: float, s: float) -> tuple[Tensor, Tensor]:
-    """The forward step from ``s`` to ``t > s`` as ``(f, G)``: the drift increment ``f`` (shape of
-    ``x``, evaluated at ``x``) and the noise scale ``G`` ``(B, 1, ..., 1)``, in ``x``'s dtype."""
-    if isinstance(process, LinearGaussianProcess):
-        a, var = transition(process, s, t)
-        return (a - 1.0) * x, torch.full((x.shape[0], *[1] * (x.ndim - 1)), var**0.5, device=x.device,
-                                         dtype=x.dtype)
-    tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
-    h = t - s
-    return process.drift(x, tt) * h, bcast(process.diffusion(tt), x) * h**0.5
-
-
-def step(score_fn: ScoreFn, process: ForwardProcess, x: Tensor, t: float, s: float, z: Tensor | None) -> Tensor:
-    """One reverse-diffusion step from ``x`` ``(B, *event)`` at ``t`` to ``s < t``:
-    ``x - f + G^2 s(x, t) + G z`` (``z`` shaped like ``x``; ``None``: no noise). One score evaluation."""
-    f, g = discretized_forward(process, x, t, s)
-    tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
-    x = x - f + g**2 * score_fn(x, tt)
-    return x if z is None else x + g * z
+from diffcore_samplers.common import REVERSE_DIFFUSION
 
 
 class ReverseDiffusionParams(GridParams):
@@ -70,15 +52,17 @@ class ReverseDiffusion(Sampler):
     name = "reverse_diffusion"
     Params = ReverseDiffusionParams
     params: ReverseDiffusionParams
+    requires = REVERSE_DIFFUSION.requires
 
     def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
             callback: Callback | None) -> tuple[Tensor, int]:
         p = self.params
+        step = REVERSE_DIFFUSION.prepare(process, describe(self))
         times = time_grid(process, p.steps, p.grid, rho=p.rho).tolist()
         x, event = x_T, tuple(x_T.shape[1:])
         for i in range(p.steps):
             last = i == p.steps - 1
             z = None if (last and p.denoise_last) else noise.normal(event, step=i, dtype=x.dtype)
-            x = step(score_fn, process, x, times[i], times[i + 1], z)
+            x = step(score_fn, x, times[i], times[i + 1], z)
             self.report(callback, i, times[i + 1], x)
         return x, p.steps

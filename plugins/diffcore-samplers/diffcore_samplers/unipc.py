@@ -9,19 +9,12 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from diffcore.component import describe
 from diffcore.grids import GridKind, GridParams
 from diffcore.noise import NoiseSource
-from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, ScoreFn
+from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, ScoreFn, require_linear_gaussian
 from diffcore.sampler import Callback, Sampler
-from diffcore_samplers.dpm_solver import (
-    LogSNRPoint,
-    finish,
-    grid_points,
-    linear_gaussian,
-    model_output,
-    phi,
-    step_orders,
-)
+from diffcore_samplers.common import LogSNRPoint, finish, grid_points, model_output, phi, step_orders
 
 
 class UniPCParams(GridParams):
@@ -77,7 +70,7 @@ class UniPC(Sampler):
     def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
             callback: Callback | None) -> tuple[Tensor, int]:
         p = self.params
-        lg = linear_gaussian(process, self.name)
+        lg = require_linear_gaussian(process, describe(self))
         points = grid_points(lg, p.steps, p.grid, p.rho)
         orders = step_orders(p.order, p.steps, multistep=True, lower_order_final=p.lower_order_final)
         x = x_T
