@@ -17,11 +17,15 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from diffcore.errors import UsageError
+
+if TYPE_CHECKING:
+    from diffcore.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -93,3 +97,34 @@ def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
     total = value.detach().clone()
     dist.all_reduce(total)
     return total / world.size
+
+
+def sample_chunks(pipe: Pipeline, num: int, *, seed: int, world: World, batch_size: int | None = None,
+                  latents: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, int]]:
+    """Yield ``(first index, samples on CPU, NFE)`` per chunk of ``num`` samples, on the main process
+    (other ranks yield nothing).
+
+    Chunk ``c`` (of ``batch_size``, default an equal share per rank) is drawn by rank ``c mod N`` and
+    sent to rank 0; each chunk is computed exactly as a single process with the same ``batch_size``
+    computes it. ``latents`` ``(num, *shape)``: the start states, sliced per chunk.
+    """
+    batch = batch_size or -(-num // world.size)
+    for c, lo in enumerate(range(0, num, batch)):
+        hi, owner = min(num, lo + batch), c % world.size
+        if owner == world.rank:
+            _, result = next(pipe.iter_samples(hi - lo, seed=seed, start=lo, device=world.device,
+                                               latents=latents[lo:hi] if latents is not None else None))
+            x, nfe = result.x.detach(), result.nfe
+            if not world.is_main:
+                dist.send(x.contiguous(), dst=0)
+                dist.send(torch.tensor([nfe], device=x.device), dst=0)
+                continue
+        elif world.is_main:
+            x = torch.empty((hi - lo, *pipe.shape), device=world.device)
+            count = torch.zeros(1, dtype=torch.int64, device=world.device)
+            dist.recv(x, src=owner)
+            dist.recv(count, src=owner)
+            nfe = int(count)
+        else:
+            continue
+        yield lo, x.cpu(), nfe

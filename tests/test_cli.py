@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import jsonschema
@@ -15,6 +19,8 @@ from conftest import ROOT, run_cli
 
 import diffcore
 from diffcore.cli import main
+from diffcore.sampling import load_for_sampling, sample_to_file
+from diffcore.training.setup import run_training, setup_training
 
 EXAMPLE = ROOT / "examples" / "gmm2d.yaml"
 
@@ -31,6 +37,27 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0 and diffcore.__version__ in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("args", [["--help"], ["--version"]])
+def test_help_and_version_do_not_import_torch(args: list[str]) -> None:
+    """The parser (built-in commands and every installed command plugin, ``demo`` included) is built
+    without importing torch."""
+    code = textwrap.dedent(f"""
+        import contextlib, io, sys
+        from diffcore.cli import main
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                main({args!r})
+            except SystemExit as exc:
+                assert exc.code == 0, exc.code
+        assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))[:5]
+        print(out.getvalue())
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert ("demo" in proc.stdout) if args == ["--help"] else (diffcore.__version__ in proc.stdout)
+
+
 def test_plugins_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "plugins", "--json")
     data = json.loads(out)
@@ -38,6 +65,8 @@ def test_plugins_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and by_name["processes"]["distribution"] == "diffcore-processes"
     assert "process:vp" in by_name["processes"]["components"] and by_name["processes"]["version"]
     assert data["errors"] == []
+    commands = {p["name"]: p for p in data["commands"]}
+    assert commands["demo"]["distribution"] == "diffcore-demo" and commands["demo"]["commands"] == ["demo"]
 
 
 def test_list_shows_capabilities_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
@@ -216,3 +245,46 @@ def test_train_resume_and_sample_from_the_checkpoint(tmp_path: Path, capsys: pyt
 def test_train_without_objective_says_which_field(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(capsys, "train", str(EXAMPLE), "--device", "cpu")
     assert code == 2 and "training needs `objective`" in err
+
+
+# -- what the commands call, from Python ------------------------------------------------------
+
+
+def test_sample_to_file_from_python(tmp_path: Path) -> None:
+    """``load_for_sampling`` + ``sample_to_file`` write what ``diffcore sample`` writes."""
+    pipe, _, meta = load_for_sampling(EXAMPLE, steps=5)
+    assert meta == {} and pipe.sampler.name == "euler_maruyama"
+    out = tmp_path / "x.npy"
+    summary = sample_to_file(pipe, out, 12, seed=4, batch_size=5)
+    assert summary is not None and summary["nfe"] == 5 and summary["chunks"] == 3 and summary["range"] == "model"
+    x = np.load(out)
+    assert x.shape == (12, 2) and x.dtype == np.float32 and np.isfinite(x).all()
+    assert not list(tmp_path.glob(".*tmp"))
+    cli_out = tmp_path / "cli.npy"
+    assert main(["sample", str(EXAMPLE), "--num", "12", "--seed", "4", "--steps", "5", "--out", str(cli_out),
+                 "--device", "cpu"]) == 0
+    assert np.array_equal(np.load(cli_out), x)  # sample i depends only on (seed, i)
+    shifted = tmp_path / "shifted.npy"
+    sample_to_file(pipe, shifted, 12, seed=4, scaling=(1.0, 2.0))
+    np.testing.assert_allclose(np.load(shifted), x / 2.0 + 1.0, rtol=1e-6)
+
+
+def test_setup_training_from_python(tmp_path: Path) -> None:
+    """``setup_training`` assembles the trainer ``diffcore train`` runs: the same initial weights
+    (``train.seed``) and the data scaling in the checkpoint."""
+    overrides = ["train.steps=6", "train.batch_size=32", "model.hidden=16", "data.num=200"]
+    setup = setup_training(TRAIN_SPEC, device="cpu", overrides=overrides)
+    again = setup_training(TRAIN_SPEC, device="cpu", overrides=overrides)
+    for (name, a), b in zip(setup.trainer.model.state_dict().items(), again.trainer.model.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    assert setup.pipe.model is setup.trainer.model and setup.trainer.data.device.type == "cpu"
+    summary = run_training(setup, tmp_path / "run", preview=False)
+    assert summary["steps"] == 6 and summary["processes"] == 1 and math.isfinite(summary["final_loss"])
+    pipe, _, meta = load_for_sampling(tmp_path / "run")
+    assert meta["scaling"] == list(setup.dataset.scaling) and meta["step"] == 6
+    assert torch.equal(next(iter(pipe.model.parameters())), next(iter(setup.trainer.ema_model().parameters())))
+    with pytest.raises(diffcore.UsageError, match="training needs `objective`"):
+        setup_training(EXAMPLE, device="cpu")
+    with pytest.raises(diffcore.UsageError, match="is not a device"):
+        setup_training(TRAIN_SPEC, device="gpu0", overrides=overrides)

@@ -16,9 +16,9 @@ import torch
 import yaml
 from conftest import ROOT
 
-from diffcore import demo
 from diffcore.cli import main
 from diffcore.spec import validate_spec
+from diffcore_demo import demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

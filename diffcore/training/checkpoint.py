@@ -24,7 +24,7 @@ from typing import Any
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffcore.errors import UsageError
 from diffcore.utils import atomic_write
@@ -89,3 +89,28 @@ def load_checkpoint(path: Path, names: tuple[str, ...] = ("model", "ema", "state
             raise UsageError(f"{file} is not a diffcore checkpoint (format {raw.get('format')!r})")
         metadata = {k: (int(v) if k == "step" else v if k == "format" else json.loads(v)) for k, v in raw.items()}
     return files, metadata
+
+
+def spec_or_checkpoint(path: Path) -> tuple[dict[str, Any], Path | None, dict[str, Any]]:
+    """What ``diffcore sample`` and ``train --resume`` accept: for a spec file, its mapping, ``None``
+    and ``{}``; for a run directory or checkpoint folder, the spec saved in its newest checkpoint, that
+    checkpoint's path and its metadata (``scaling``, ``step``, ...)."""
+    from diffcore.spec import as_mapping, read_spec
+
+    if not path.is_dir():
+        return read_spec(path), None, {}
+    checkpoint = latest_checkpoint(path)
+    _, meta = load_checkpoint(checkpoint, names=("model",))
+    return as_mapping(meta.get("spec"), source=str(checkpoint)), checkpoint, meta
+
+
+def load_ema_weights(model: nn.Module, checkpoint: Path) -> None:
+    """Load the EMA weights of ``checkpoint`` (a checkpoint folder) into ``model``.
+
+    ``ema.safetensors`` holds the state of :class:`~diffcore.training.ema.ExponentialMovingAverage`
+    (the layout of ``torch.optim.swa_utils.AveragedModel``): the model's weights under the ``module.``
+    prefix, next to ``n_averaged``; only those weights, without the prefix, are loaded.
+    """
+    files, _ = load_checkpoint(checkpoint, names=("ema",))
+    weights = {k.removeprefix("module."): v for k, v in files["ema"].items() if k.startswith("module.")}
+    model.load_state_dict(weights)

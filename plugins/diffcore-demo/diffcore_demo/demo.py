@@ -1,7 +1,8 @@
 """``diffcore demo``: train a small score model on a 2-D data set, sample it with two samplers, and
 write pictures and a report.
 
-The default spec (:data:`DEMO_SPEC`, the same as ``examples/demo_moons.yaml``) trains an MLP that
+The default spec (:data:`DEMO_SPEC`, read from the package file ``demo_moons.yaml``, which
+``examples/demo_moons.yaml`` links to) trains an MLP that
 predicts the noise ``eps`` of a VP SDE with denoising score matching on two moons, in about a
 minute on two CPU cores. The EMA model is then sampled with the spec's sampler (Euler-Maruyama on
 the reverse SDE) and with the probability-flow ODE (:data:`ODE_SAMPLER`); both sample sets are
@@ -23,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,36 +32,34 @@ import torch
 from torch import Tensor
 
 from diffcore.data import Dataset
+from diffcore.devices import resolve_device
 from diffcore.errors import UsageError
 from diffcore.messages import unknown_name_message
 from diffcore.metrics import energy_distance
 from diffcore.model import ScoreModel
-from diffcore.objective import Objective
-from diffcore.pipeline import Pipeline, default_device
+from diffcore.pipeline import Pipeline
 from diffcore.registry import get_registry
-from diffcore.spec import PipelineSpecBase, apply_overrides, validate_spec
+from diffcore.spec import PipelineSpecBase, apply_overrides, read_spec, validate_spec
 from diffcore.training import Trainer
+from diffcore.training.setup import TrainingSetup, setup_training
 from diffcore.utils import atomic_write
 
-DEMO_SPEC: dict[str, Any] = {
-    "process": {"type": "vp"},
-    "model": {"type": "mlp", "shape": [2], "hidden": 128, "depth": 3, "output": "eps"},
-    "sampler": {"type": "euler_maruyama", "steps": 250},
-    "objective": {"type": "dsm", "weighting": "likelihood", "importance_sampling": True},
-    "data": {"type": "moons", "num": 10000, "noise": 0.05, "holdout": 0.3, "scale": "standardize"},
-    "train": {"steps": 4000, "batch_size": 512, "lr": 0.005, "warmup": 100, "ema_decay": 0.999, "seed": 0},
-}
-"""The demo's default spec; ``examples/demo_moons.yaml`` holds the same document."""
+SPEC_FILE = "demo_moons.yaml"
+"""The package file holding the demo's default spec."""
+
+
+def read_default_spec() -> dict[str, Any]:
+    """The demo's default spec: the package file :data:`SPEC_FILE`, read with diffcore's safe spec
+    reader."""
+    with resources.as_file(resources.files("diffcore_demo") / SPEC_FILE) as path:
+        return read_spec(path)
+
+
+DEMO_SPEC: dict[str, Any] = read_default_spec()
+"""The demo's default spec (``demo_moons.yaml`` of this package; ``examples/demo_moons.yaml``)."""
 
 ODE_SAMPLER: dict[str, Any] = {"type": "probability_flow", "method": "dopri5", "rtol": 1e-3, "atol": 1e-3}
 """The second sampler: the probability-flow ODE, adaptive Dormand-Prince."""
-
-DEFAULT_NUM = 5000
-"""Samples drawn with each sampler."""
-
-DEFAULT_THREADS = 1
-"""CPU threads of torch during the demo. Measured on 2 shared cores under load: a training step took
-16 ms with one thread and 890 ms with two (the threads wait on each other), so one is the default."""
 
 FLOOR_REPEATS = 5
 """Random subsets of the training split compared with the held-out split for the floor."""
@@ -74,24 +74,6 @@ DATA_PRESETS: dict[str, dict[str, Any]] = {
 KEPT_DATA_FIELDS = ("num", "seed", "holdout", "split_seed", "scale", "dequantize")
 """Data fields ``--data`` carries over to the new data set (when it accepts them); the others
 (``noise``, ...) belong to the replaced data set and are dropped."""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``diffcore demo``."""
-    parser.add_argument("--out", type=Path, default=Path("demo-out"),
-                        help="output folder: run/ checkpoints, PNGs and report (default: demo-out)")
-    parser.add_argument("--data", help="a registered 2-D data set in place of moons: moons, swiss_roll, "
-                        "checkerboard, rings or gmm_samples (its other data settings are kept)")
-    parser.add_argument("--steps", type=int, help=f"training steps (default {DEMO_SPEC['train']['steps']})")
-    parser.add_argument("--num", type=int, default=DEFAULT_NUM,
-                        help=f"samples drawn with each sampler (default {DEFAULT_NUM})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help=f"CPU threads of torch (default {DEFAULT_THREADS}: the small MLP gains little from "
-                        "more, and multi-threaded torch slows down many times on busy cores)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-                        help="override a value of the demo spec, e.g. --set model.hidden=256 (repeatable)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,17 +192,6 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--out {args.out} is a file; give a folder (it is created if missing)")
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """``name`` as a device (default: CUDA when available); refuses CUDA where there is none."""
-    try:
-        device = torch.device(name) if name else default_device()
-    except RuntimeError as exc:
-        raise UsageError(f"--device {name!r} is not a device ({exc}); use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available here; use --device cpu")
-    return device
-
-
 def check_two_dimensional(name: str, x: Tensor) -> None:
     """Refuse a data set whose samples are not 2-D points (``x`` must be ``(N, 2)``)."""
     if x.ndim != 2 or x.shape[1] != 2:
@@ -260,51 +231,40 @@ def run(args: argparse.Namespace) -> int:
 
 @dataclass
 class Setup:
-    """The validated spec, the data splits (model range) and the assembled, untrained pipeline."""
+    """The validated spec, the data splits (model range, on CPU), the assembled, untrained pipeline and
+    the training set-up (its trainer, on the demo's device)."""
 
     spec: PipelineSpecBase
     dataset: Dataset
     pipe: Pipeline
     x_train: Tensor
     x_test: Tensor
-    labels: Tensor | None
+    training: TrainingSetup
 
 
-def set_up(args: argparse.Namespace) -> Setup:
-    """Build the spec from the arguments, load and check the data, assemble the pipeline."""
+def set_up(args: argparse.Namespace, device: torch.device) -> Setup:
+    """Build the spec from the arguments, load and check the data, assemble the pipeline and its
+    trainer on ``device`` as ``diffcore train`` does (:func:`diffcore.training.setup.setup_training`)."""
     registry = get_registry()
     spec = validate_spec(demo_spec(args.data, args.steps, args.seed, args.overrides), source="diffcore demo")
     data_type, data_params = spec.component("data")
     dataset = registry.build("dataset", data_type, **data_params)
     assert isinstance(dataset, Dataset)
     check_two_dimensional(data_type, dataset.arrays()[0])
-    x_train, labels = dataset.split("train")
+    x_train = dataset.split("train")[0]
     x_test = dataset.split("test")[0]
     if x_test.shape[0] < 2:
         raise UsageError(f"the held-out split of {data_type!r} has {x_test.shape[0]} points; the report compares "
                          "samples with it: raise data.holdout (e.g. --set data.holdout=0.3)")
-    with torch.random.fork_rng(devices=[]):  # the initial weights follow train.seed, as in `diffcore train`
-        torch.manual_seed(spec.train.seed)  # type: ignore[attr-defined]
-        pipe = Pipeline.from_spec(spec, registry=registry)
-    return Setup(spec, dataset, pipe, x_train, x_test, labels)
+    with torch.random.fork_rng(devices=[]):  # the initial weights follow train.seed; the caller's state is kept
+        training = setup_training(spec, device=device, dataset=dataset, registry=registry, source="diffcore demo")
+    return Setup(spec, dataset, training.pipe, x_train, x_test, training)
 
 
-def train(setup: Setup, run_dir: Path, device: torch.device) -> Trainer:
+def train(setup: Setup, run_dir: Path) -> Trainer:
     """Train the model of ``setup`` as ``diffcore train`` does, with a checkpoint at the end in
     ``run_dir``; returns the trainer (losses, EMA)."""
-    spec, dataset, pipe, labels = setup.spec, setup.dataset, setup.pipe, setup.labels
-    obj_type, obj_params = spec.component("objective")
-    objective = get_registry().build("objective", obj_type, **obj_params)
-    assert isinstance(objective, Objective)
-    use_labels = labels is not None and pipe.model.conditional
-    trainer = Trainer(pipe.model.to(device), objective, pipe.process, setup.x_train.to(device),
-                      spec.train,  # type: ignore[attr-defined]
-                      labels=labels.to(device) if use_labels and labels is not None else None,
-                      spec=spec.model_dump(mode="json"),
-                      metadata={"scaling": list(dataset.scaling)},  # `diffcore sample` maps back to raw units
-                      transform=lambda batch, noise: dataset.dequantize(
-                          batch, noise.uniform(tuple(batch.shape[1:]), step=0, stream="dequantize",
-                                               dtype=batch.dtype)))
+    trainer = setup.training.trainer
     steps = trainer.config.steps
     trainer.run(on_step=progress_bar(steps), run_dir=run_dir, checkpoint_every=steps)
     return trainer
@@ -344,11 +304,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     device = resolve_device(args.device)
-    setup = set_up(args)
+    setup = set_up(args, device)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     train_start = time.perf_counter()
-    trainer = train(setup, out / "run", device)
+    trainer = train(setup, out / "run")
     train_seconds = time.perf_counter() - train_start
     rows, panels, floor = sample_and_compare(setup, trainer.ema_model(), args.num, args.seed, device)
 

@@ -1,0 +1,125 @@
+"""Command plugins: subcommands contributed to ``diffcore`` through the ``diffcore.commands``
+entry-point group and the :func:`~diffcore.hookspecs.diffcore_add_commands` hook.
+
+Each plugin is loaded and its hook called in isolation: a plugin that fails to import, is rejected by
+pluggy, implements no hook or whose hook raises keeps none of its commands and is recorded on its
+:class:`CommandPlugin` (``diffcore plugins`` shows it); the command line keeps working. With
+``DIFFCORE_STRICT_PLUGINS=1`` the first such error raises :class:`~diffcore.errors.PluginError`.
+
+This module imports neither torch nor the component registry: it runs for ``diffcore --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from diffcore import hookspecs
+from diffcore.errors import PluginError
+
+ENTRY_POINT_GROUP = "diffcore.commands"
+STRICT_ENV = "DIFFCORE_STRICT_PLUGINS"
+"""The variable that makes component plugin errors fatal (:data:`diffcore.registry.STRICT_ENV`)."""
+
+Subparsers = argparse._SubParsersAction  # the type `add_subparsers` returns
+
+
+@dataclass
+class CommandPlugin:
+    """What loading one command plugin gave: the commands it added, or its errors."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    commands: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def strict_default() -> bool:
+    return os.environ.get(STRICT_ENV, "") not in ("", "0")
+
+
+def load_command_plugins(subparsers: Subparsers[argparse.ArgumentParser], *,
+                         strict: bool | None = None) -> list[CommandPlugin]:
+    """Load every plugin of the ``diffcore.commands`` group (sorted by name) and let each add its
+    commands to ``subparsers``; an entry-point name declared by two distributions loads the first."""
+    strict = strict_default() if strict is None else strict
+    eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.name, _dist_name(ep)))
+    seen: dict[str, str] = {}
+    plugins: list[CommandPlugin] = []
+    for ep in eps:
+        dist = getattr(ep, "dist", None)
+        info = CommandPlugin(ep.name, dist.metadata["Name"] if dist else None, dist.version if dist else None)
+        if ep.name in seen:
+            if seen[ep.name] != _dist_name(ep):
+                _fail(info, f"the name is also declared by {seen[ep.name]}, whose plugin was loaded; rename "
+                      "the entry point in one of them", strict)
+                plugins.append(info)
+            continue
+        seen[ep.name] = _dist_name(ep)
+        plugins.append(info)
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, not ours
+            _fail(info, f"failed to import {ep.value!r}: {_describe(exc)}", strict)
+            continue
+        add_commands(subparsers, plugin, info, strict=strict)
+    return plugins
+
+
+def add_commands(subparsers: Subparsers[argparse.ArgumentParser], plugin: object, info: CommandPlugin, *,
+                 strict: bool = False) -> CommandPlugin:
+    """Call ``plugin``'s ``diffcore_add_commands`` hook on ``subparsers``, in isolation; records the
+    commands it added on ``info``, or the error (and removes what it added)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    try:
+        pm.register(plugin, name=info.name)
+    except Exception as exc:  # noqa: BLE001 - pluggy validation errors
+        _fail(info, f"rejected by pluggy: {_describe(exc)}", strict)
+        return info
+    if not pm.hook.diffcore_add_commands.get_hookimpls():
+        _fail(info, "implements no diffcore_add_commands hook; mark the function with @diffcore.hookimpl", strict)
+        return info
+    before, actions = set(subparsers.choices), len(subparsers._choices_actions)
+    try:
+        pm.hook.diffcore_add_commands(subparsers=subparsers)
+    except Exception as exc:  # noqa: BLE001 - the plugin's hook failed: keep none of its commands
+        for name in set(subparsers.choices) - before:
+            del subparsers.choices[name]
+        del subparsers._choices_actions[actions:]
+        _fail(info, f"its diffcore_add_commands hook raised {_describe(exc)}", strict)
+        return info
+    info.commands = [name for name in subparsers.choices if name not in before]
+    return info
+
+
+def as_rows(plugins: list[CommandPlugin]) -> list[dict[str, Any]]:
+    """JSON rows of ``diffcore plugins --json`` (``commands``)."""
+    return [{"name": p.name, "distribution": p.distribution, "version": p.version, "commands": p.commands,
+             "errors": p.errors} for p in plugins]
+
+
+def _fail(info: CommandPlugin, message: str, strict: bool) -> None:
+    dist = f" ({info.distribution} {info.version})" if info.distribution else ""
+    text = f"command plugin {info.name!r}{dist}: {message}"
+    if strict:
+        raise PluginError(text + f" [{STRICT_ENV} is set]")
+    info.errors.append(text)
+
+
+def _dist_name(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return str(dist.metadata["Name"]) if dist is not None else "<unknown>"
+
+
+def _describe(exc: BaseException) -> str:
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" at {last[0].filename}:{last[0].lineno}" if last else ""
+    return f"{type(exc).__name__}: {exc}{where}"

@@ -1,0 +1,126 @@
+"""Sampling into a ``.npy`` file: what ``diffcore sample`` runs, callable from Python.
+
+:func:`load_for_sampling` assembles the pipeline of a spec file or of a trained run (its EMA
+weights), :func:`data_scaling` finds how to map samples back to the data's raw units, and
+:func:`sample_to_file` draws the samples chunk by chunk (over the ranks of a ``torchrun`` group, see
+:func:`diffcore.distributed.sample_chunks`) into a memory-mapped file that is renamed into place
+when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffcore.distributed import World, current_world, sample_chunks
+from diffcore.errors import UsageError
+from diffcore.pipeline import Pipeline
+from diffcore.spec import PipelineSpecBase, apply_overrides, validate_spec
+from diffcore.training.checkpoint import load_ema_weights, spec_or_checkpoint
+
+
+def load_for_sampling(path: Path, *, sampler: str | None = None, steps: int | None = None,
+                      overrides: Sequence[str] = ()) -> tuple[Pipeline, PipelineSpecBase, dict[str, Any]]:
+    """The pipeline of a spec file, or of a run directory / checkpoint (its EMA weights loaded), with
+    the spec's sampler replaced by ``sampler`` (its defaults), ``sampler.steps`` set to ``steps`` and
+    the ``--set`` ``overrides`` applied; returns it with the validated spec and the checkpoint's
+    metadata (``{}`` for a spec file)."""
+    data, checkpoint, meta = spec_or_checkpoint(Path(path))
+    if sampler is not None:
+        data["sampler"] = {"type": sampler}
+    if steps is not None:
+        if not isinstance(data.get("sampler"), dict):
+            raise UsageError("--steps needs a sampler mapping in the spec")
+        data["sampler"]["steps"] = steps
+    spec = validate_spec(apply_overrides(data, overrides), source=str(path))
+    pipe = Pipeline.from_spec(spec)
+    if checkpoint is not None:
+        load_ema_weights(pipe.model, checkpoint)
+    return pipe, spec, meta
+
+
+def data_scaling(spec: PipelineSpecBase, meta: dict[str, Any]) -> tuple[float, float] | None:
+    """``(shift, mult)`` of the spec's data (raw = value / mult + shift): saved in a checkpoint's
+    metadata, or computed from the data set for a spec file; ``None`` without a data section."""
+    if "scaling" in meta:
+        shift, mult = meta["scaling"]
+        return float(shift), float(mult)
+    if getattr(spec, "data", None) is None:
+        return None
+    from diffcore.registry import get_registry
+
+    data_type, data_params = spec.component("data")
+    dataset = get_registry().build("dataset", data_type, **data_params)
+    shift, mult = dataset.scaling  # type: ignore[attr-defined]
+    return float(shift), float(mult)
+
+
+def load_latents(path: Path) -> torch.Tensor:
+    """A ``.npy`` float array of start states, never unpickled; refuses other files and NaN/Inf."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UsageError(f"--latents {path}: not a readable .npy array of numbers ({exc}); "
+                         "save it with numpy.save from a float array") from None
+    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
+        raise UsageError(f"--latents {path}: expected a float array, got {getattr(array, 'dtype', type(array))}")
+    if not np.isfinite(array).all():
+        raise UsageError(f"--latents {path}: contains NaN or Inf")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_size: int | None = None,
+                   latents: torch.Tensor | None = None, scaling: tuple[float, float] | None = None,
+                   world: World | None = None, device: torch.device | str | None = None) -> dict[str, Any] | None:
+    """Draw ``num`` samples of ``pipe`` into the ``.npy`` file ``out`` (float32, ``(num, *shape)``).
+
+    Sample ``i`` depends only on ``(seed, i)``; ``batch_size`` bounds the samples per chunk (default:
+    all, or an equal share per rank); ``scaling`` ``(shift, mult)`` maps them to raw units
+    (``x / mult + shift``). The file appears complete or not at all. Returns the summary that
+    ``diffcore sample --json`` prints on the main process, ``None`` on the other ranks. ``world``
+    (default: the current process group, if any) sets the device; without it, ``device`` (default: the
+    model's).
+    """
+    if world is None:
+        model_device = next((p.device for p in pipe.model.parameters()), torch.device("cpu"))
+        world = current_world(torch.device(device) if device is not None else model_device)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    start = time.perf_counter()
+    nfes: list[int] = []
+    try:
+        array = None
+        if world.is_main:
+            try:
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num, *pipe.shape))
+            except OSError as exc:
+                raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}; check that its folder "
+                                 "exists and is writable") from None
+        for lo, x, nfe in sample_chunks(pipe, num, seed=seed, world=world, batch_size=batch_size, latents=latents):
+            if array is not None:
+                if scaling is not None:
+                    x = x / scaling[1] + scaling[0]
+                array[lo:lo + x.shape[0]] = x.numpy()
+                nfes.append(nfe)
+        if array is None:
+            return None
+        array.flush()
+        del array
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    return {
+        "out": str(out), "num": num, "shape": list(pipe.shape), "seed": seed,
+        "process": pipe.process.name, "model": pipe.model.name, "sampler": pipe.sampler.name,
+        "nfe": max(nfes), "nfe_total": sum(nfes), "chunks": len(nfes),
+        "batch_size": batch_size or -(-num // world.size), "device": str(world.device),
+        "processes": world.size, "range": "model" if scaling is None else "raw",
+        "seconds": round(seconds, 4), "samples_per_second": round(num / seconds, 2),
+    }
