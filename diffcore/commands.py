@@ -12,20 +12,16 @@ This module imports neither torch nor the component registry: it runs for ``diff
 from __future__ import annotations
 
 import argparse
-import os
-import traceback
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 import pluggy
 
 from diffcore import hookspecs
+from diffcore.entry_points import STRICT_ENV, describe_exception, distribution, entry_points, strict_from_env
 from diffcore.errors import PluginError
 
 ENTRY_POINT_GROUP = "diffcore.commands"
-STRICT_ENV = "DIFFCORE_STRICT_PLUGINS"
-"""The variable that makes component plugin errors fatal (:data:`diffcore.registry.STRICT_ENV`)."""
 
 Subparsers = argparse._SubParsersAction  # the type `add_subparsers` returns
 
@@ -41,33 +37,23 @@ class CommandPlugin:
     errors: list[str] = field(default_factory=list)
 
 
-def strict_default() -> bool:
-    return os.environ.get(STRICT_ENV, "") not in ("", "0")
-
-
 def load_command_plugins(subparsers: Subparsers[argparse.ArgumentParser], *,
                          strict: bool | None = None) -> list[CommandPlugin]:
     """Load every plugin of the ``diffcore.commands`` group (sorted by name) and let each add its
     commands to ``subparsers``; an entry-point name declared by two distributions loads the first."""
-    strict = strict_default() if strict is None else strict
-    eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.name, _dist_name(ep)))
-    seen: dict[str, str] = {}
+    strict = strict_from_env() if strict is None else strict
     plugins: list[CommandPlugin] = []
-    for ep in eps:
-        dist = getattr(ep, "dist", None)
-        info = CommandPlugin(ep.name, dist.metadata["Name"] if dist else None, dist.version if dist else None)
-        if ep.name in seen:
-            if seen[ep.name] != _dist_name(ep):
-                _fail(info, f"the name is also declared by {seen[ep.name]}, whose plugin was loaded; rename "
-                      "the entry point in one of them", strict)
-                plugins.append(info)
-            continue
-        seen[ep.name] = _dist_name(ep)
+    for ep, loaded_from in entry_points(ENTRY_POINT_GROUP):
+        info = CommandPlugin(ep.name, *distribution(ep))
         plugins.append(info)
+        if loaded_from is not None:
+            _fail(info, f"the name is also declared by {loaded_from}, whose plugin was loaded; rename "
+                  "the entry point in one of them", strict)
+            continue
         try:
             plugin = ep.load()
         except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, not ours
-            _fail(info, f"failed to import {ep.value!r}: {_describe(exc)}", strict)
+            _fail(info, f"failed to import {ep.value!r}: {describe_exception(exc)}", strict)
             continue
         add_commands(subparsers, plugin, info, strict=strict)
     return plugins
@@ -82,7 +68,7 @@ def add_commands(subparsers: Subparsers[argparse.ArgumentParser], plugin: object
     try:
         pm.register(plugin, name=info.name)
     except Exception as exc:  # noqa: BLE001 - pluggy validation errors
-        _fail(info, f"rejected by pluggy: {_describe(exc)}", strict)
+        _fail(info, f"rejected by pluggy: {describe_exception(exc)}", strict)
         return info
     if not pm.hook.diffcore_add_commands.get_hookimpls():
         _fail(info, "implements no diffcore_add_commands hook; mark the function with @diffcore.hookimpl", strict)
@@ -94,7 +80,7 @@ def add_commands(subparsers: Subparsers[argparse.ArgumentParser], plugin: object
         for name in set(subparsers.choices) - before:
             del subparsers.choices[name]
         del subparsers._choices_actions[actions:]
-        _fail(info, f"its diffcore_add_commands hook raised {_describe(exc)}", strict)
+        _fail(info, f"its diffcore_add_commands hook raised {describe_exception(exc)}", strict)
         return info
     info.commands = [name for name in subparsers.choices if name not in before]
     return info
@@ -112,14 +98,3 @@ def _fail(info: CommandPlugin, message: str, strict: bool) -> None:
     if strict:
         raise PluginError(text + f" [{STRICT_ENV} is set]")
     info.errors.append(text)
-
-
-def _dist_name(ep: metadata.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    return str(dist.metadata["Name"]) if dist is not None else "<unknown>"
-
-
-def _describe(exc: BaseException) -> str:
-    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-    where = f" at {last[0].filename}:{last[0].lineno}" if last else ""
-    return f"{type(exc).__name__}: {exc}{where}"

@@ -16,10 +16,8 @@ from __future__ import annotations
 import inspect
 import os
 import re
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 import pluggy
@@ -27,6 +25,7 @@ import pluggy
 from diffcore import hookspecs
 from diffcore.component import Component, Params
 from diffcore.data import Dataset
+from diffcore.entry_points import STRICT_ENV, describe_exception, distribution, entry_points, strict_from_env
 from diffcore.errors import PluginError, RegistryError
 from diffcore.guidance import Guidance
 from diffcore.messages import closest_first, unknown_name_message
@@ -36,7 +35,6 @@ from diffcore.process import ForwardProcess
 from diffcore.sampler import Sampler
 
 ENTRY_POINT_GROUP = "diffcore"
-STRICT_ENV = "DIFFCORE_STRICT_PLUGINS"
 LOAD_ENV = "DIFFCORE_LOAD_PLUGINS"
 
 KINDS: dict[str, type[Component]] = {
@@ -100,7 +98,7 @@ class Registry:
         self.plugins: dict[str, PluginInfo] = {}
         self.load_errors: list[str] = []  # errors that belong to no loaded plugin
         self.generation = 0
-        self.strict = os.environ.get(STRICT_ENV, "") not in ("", "0") if strict is None else strict
+        self.strict = strict_from_env() if strict is None else strict
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -109,29 +107,26 @@ class Registry:
         wanted: set[str] | None = None
         if LOAD_ENV in os.environ:
             wanted = {n.strip() for n in os.environ[LOAD_ENV].split(",") if n.strip()}
-        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.name, _dist_name(ep)))
-        seen: dict[str, str] = {}  # entry-point name -> distribution that provided it
-        for ep in eps:
+        found: set[str] = set()
+        for ep, loaded_from in entry_points(ENTRY_POINT_GROUP):
+            found.add(ep.name)
             if wanted is not None and ep.name not in wanted:
                 continue
-            if ep.name in seen:
-                if seen[ep.name] != _dist_name(ep):
-                    self._fail(None, f"plugin name {ep.name!r} is declared by both {seen[ep.name]} and "
-                               f"{_dist_name(ep)}; loaded the one from {seen[ep.name]}. Rename the entry "
-                               "point in one of them")
+            if loaded_from is not None:
+                self._fail(None, f"plugin name {ep.name!r} is declared by both {loaded_from} and "
+                           f"{distribution(ep)[0] or '?'}; loaded the one from {loaded_from}. Rename the entry "
+                           "point in one of them")
                 continue
-            seen[ep.name] = _dist_name(ep)
-            dist = getattr(ep, "dist", None)
-            info = PluginInfo(ep.name, dist.metadata["Name"] if dist else None, dist.version if dist else None)
+            info = PluginInfo(ep.name, *distribution(ep))
             try:
                 obj = ep.load()
             except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, not ours
-                self._fail(info, f"failed to import {ep.value!r}: {_describe(exc)}")
+                self._fail(info, f"failed to import {ep.value!r}: {describe_exception(exc)}")
                 continue
             self.register_plugin(obj, ep.name, info=info)
         if wanted:
-            for missing in sorted(wanted - set(seen)):
-                available = closest_first(missing, sorted({ep.name for ep in eps}))
+            for missing in sorted(wanted - found):
+                available = closest_first(missing, sorted(found))
                 self._fail(None, f"no plugin named {missing!r} in {LOAD_ENV}; "
                            f"installed: {', '.join(available) or 'none'}")
 
@@ -145,7 +140,7 @@ class Registry:
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # noqa: BLE001 - pluggy validation errors and duplicates
-            self._fail(info, f"rejected by pluggy: {_describe(exc)}")
+            self._fail(info, f"rejected by pluggy: {describe_exception(exc)}")
             return info
         others = [p for p in self.pm.get_plugins() if p is not plugin]
         caller = self.pm.subset_hook_caller("diffcore_register", remove_plugins=others)
@@ -158,7 +153,7 @@ class Registry:
             caller(register=register)
         except Exception as exc:  # noqa: BLE001 - the plugin's hook failed: keep nothing of it
             self.pm.unregister(plugin)
-            self._fail(info, f"its diffcore_register hook raised {_describe(exc)}")
+            self._fail(info, f"its diffcore_register hook raised {describe_exception(exc)}")
             return info
         fresh: list[Entry] = []
         for entry in staged:
@@ -256,16 +251,6 @@ class Registry:
 
 
 
-
-def _dist_name(ep: metadata.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    return str(dist.metadata["Name"]) if dist is not None else "?"
-
-
-def _describe(exc: BaseException) -> str:
-    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-    where = f" at {last[0].filename}:{last[0].lineno}" if last else ""
-    return f"{type(exc).__name__}: {exc}{where}"
 
 
 _default: Registry | None = None

@@ -66,7 +66,7 @@ def example_plugin_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]
     project = tomllib.loads((EXAMPLE_PLUGIN / "pyproject.toml").read_text())["project"]
     meta = write_distribution(tmp_path_factory.mktemp("example-dist"), project["name"], project["version"],
                               project["entry-points"]["diffcore"])
-    return [EXAMPLE_PLUGIN, meta]
+    return [meta, EXAMPLE_PLUGIN]  # the metadata first: a stray egg-info beside the sources must not shadow it
 
 
 @pytest.fixture(scope="session")
