@@ -36,6 +36,8 @@ from diffcore.testing.conformance import REFERENCE_MIXTURE, energy_distance_floo
 from diffcore.training import TrainConfig, fit
 from diffcore_models import GaussianMixture
 
+pytestmark = pytest.mark.slow  # about 3 CPU minutes; tests/test_objectives.py checks every objective's minimiser fast
+
 REGISTRY = get_registry()
 NUM_SAMPLES = 10_000
 SAMPLER = ("euler_maruyama", {"steps": 200})

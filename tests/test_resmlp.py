@@ -34,6 +34,7 @@ def test_shapes_zero_initial_output_and_conditioning() -> None:
         unconditional(torch.randn(3, 2), torch.rand(3), torch.zeros(3, dtype=torch.long))
 
 
+@pytest.mark.slow
 def test_learns_the_mixture_score() -> None:
     """DSM on the reference 2-D mixture, 1500 steps: relative score error
     E||s - grad log p_t||^2 / E||grad log p_t||^2 at t = 0.1 / 0.5 / 0.9 against the exact score;

@@ -72,15 +72,29 @@ def test_validates_appears_in_schema_and_samples(example_plugin_paths: list[Path
     assert proc.returncode == 2 and "`process.type`" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_passes_the_conformance_suites(example_registry: Registry) -> None:
-    """The plugin wrote only alpha and sigma; the derived SDE must still be right."""
-    process = example_registry.build("process", "cosine")
+def conformance(registry: Registry, *, num: int, weight_tol: float) -> None:
+    """The plugin wrote only alpha and sigma; the derived SDE must still be right: the coefficients
+    agree with alpha and sigma, the simulated forward SDE (2000 steps) has the closed-form marginals
+    at ``num`` samples, and two samplers reproduce the mixture at ``num`` samples."""
+    process = registry.build("process", "cosine")
     check_linear_gaussian_consistency(process)  # type: ignore[arg-type]
-    print(check_process_marginals(process))  # type: ignore[arg-type]
+    print(check_process_marginals(process, num=num))  # type: ignore[arg-type]
+    reference = registry.build("model", "gmm", **REFERENCE_MIXTURE)
     for sampler in ("euler_maruyama", "probability_flow"):
-        reference = example_registry.build("model", "gmm", **REFERENCE_MIXTURE)
-        report = check_sampler(example_registry.build("sampler", sampler), process, reference)  # type: ignore[arg-type]
+        report = check_sampler(registry.build("sampler", sampler), process, reference,  # type: ignore[arg-type]
+                               num=num, weight_tol=weight_tol)
         print(report)
+
+
+@pytest.mark.slow
+def test_passes_the_conformance_suites(example_registry: Registry) -> None:
+    """At the suites' default size, 20k samples."""
+    conformance(example_registry, num=20_000, weight_tol=0.02)
+
+
+def test_passes_the_conformance_suites_at_small_size(example_registry: Registry) -> None:
+    """At 2000 samples, mode weights within four binomial standard deviations (0.045)."""
+    conformance(example_registry, num=2000, weight_tol=0.045)
 
 
 def test_spec_model_is_rebuilt_when_the_registry_changes(example_registry: Registry) -> None:
