@@ -11,12 +11,43 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
+from diffcore.model import ScoreModel
+from diffcore.process import ForwardProcess
 from diffcore.registry import reset_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_PLUGIN = ROOT / "tests" / "plugins" / "diffcore-example"
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+class DoubleWell(ForwardProcess):
+    """dx = (x - x^3) dt + dw: a process that is not linear-Gaussian."""
+
+    name = "double_well"
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        return x - x**3
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    def prior_sample(self, noise, event_shape, *, dtype):  # type: ignore[no-untyped-def]
+        return noise.normal(event_shape, step=-1, stream="prior", dtype=dtype)
+
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        return torch.zeros(x.shape[0])
+
+
+class ZeroScore(ScoreModel):
+    """A score model of 2-D data that returns zeros (works with any process)."""
+
+    name = "zero"
+    event_shape = (2,)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        return torch.zeros_like(x)
+
 
 BROKEN_IMPORT_SOURCE = "import frobnicate_not_installed\n"
 """A plugin module that fails to import."""

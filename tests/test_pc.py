@@ -12,12 +12,10 @@ from typing import get_args
 
 import pytest
 import torch
-from torch import Tensor
+from conftest import DoubleWell, ZeroScore
 
 from diffcore import CompatibilityError, Pipeline, get_registry
 from diffcore.metrics import energy_distance, mode_weights
-from diffcore.model import ScoreModel
-from diffcore.process import ForwardProcess
 from diffcore.testing.conformance import REFERENCE_MIXTURE, energy_distance_floor, sample_mixture
 from diffcore_samplers.common import PREDICTORS
 from diffcore_samplers.pc import PC, PCParams
@@ -41,41 +39,15 @@ def test_pc_samples_match_the_mixture_without_outliers(process: str) -> None:
     assert float((weights - w).abs().max()) < 0.03, weights
 
 
-class SineDrift(ForwardProcess):
-    """dx = -sin(x) dt + dw: not linear-Gaussian."""
-
-    name = "sine_drift"
-
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        return -torch.sin(x)
-
-    def diffusion(self, t: Tensor) -> Tensor:
-        return torch.ones_like(t)
-
-    def prior_sample(self, noise, event_shape, *, dtype):  # type: ignore[no-untyped-def]
-        return noise.normal(event_shape, step=-1, stream="prior", dtype=dtype)
-
-    def prior_log_prob(self, x: Tensor) -> Tensor:
-        return torch.zeros(x.shape[0])
-
-
-class ZeroScore(ScoreModel):
-    name = "zero"
-    event_shape = (2,)
-
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        return torch.zeros_like(x)
-
-
 def test_predictor_requirements_are_checked_at_assembly() -> None:
     """``pc`` needs what its predictor needs: ``ancestral`` a linear-Gaussian process, refused at assembly
     with the predictor named; the generic predictors run on any process."""
     registry = get_registry()
     with pytest.raises(CompatibilityError, match=r"with predictor 'ancestral' requires a process with linear_gaussian"):
-        Pipeline(SineDrift(), ZeroScore(), registry.build("sampler", "pc", predictor="ancestral", steps=4))
+        Pipeline(DoubleWell(), ZeroScore(), registry.build("sampler", "pc", predictor="ancestral", steps=4))
     for predictor in ("reverse_diffusion", "euler_maruyama", "none"):
         pc = registry.build("sampler", "pc", predictor=predictor, steps=4)
-        result = Pipeline(SineDrift(), ZeroScore(), pc).sample(8, seed=0)
+        result = Pipeline(DoubleWell(), ZeroScore(), pc).sample(8, seed=0)
         assert result.x.shape == (8, 2) and bool(torch.isfinite(result.x).all())
 
 

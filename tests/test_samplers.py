@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, DoubleWell, ZeroScore
 from torch import Tensor
 
 from diffcore import CompatibilityError, NonFiniteError, Pipeline, get_registry
-from diffcore.model import ScoreModel
-from diffcore.process import ForwardProcess
 from diffcore.sampler import Sampler, StepInfo
 from diffcore.testing.conformance import REFERENCE_MIXTURE, check_sampler
 from diffcore_models import GaussianMixture
@@ -163,24 +161,6 @@ def test_nan_stops_sampling_with_step_and_time(sampler: str, params: dict[str, o
     assert f"t={exc.value.t:.6g}" in str(exc.value) and f"step {exc.value.step}" in str(exc.value)
 
 
-class DoubleWell(ForwardProcess):
-    """dx = (x - x^3) dt + dw: not linear-Gaussian."""
-
-    name = "double_well"
-
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        return x - x**3
-
-    def diffusion(self, t: Tensor) -> Tensor:
-        return torch.ones_like(t)
-
-    def prior_sample(self, noise, event_shape, *, dtype):  # type: ignore[no-untyped-def]
-        return noise.normal(event_shape, step=-1, stream="prior", dtype=dtype)
-
-    def prior_log_prob(self, x: Tensor) -> Tensor:
-        return torch.zeros(x.shape[0])
-
-
 class NeedsLinear(Sampler):
     name = "needs_linear"
     requires = frozenset({"linear_gaussian"})
@@ -189,22 +169,14 @@ class NeedsLinear(Sampler):
         return x_T, 0
 
 
-class ExactScoreOfNothing(ScoreModel):
-    name = "zero"
-    event_shape = (2,)
-
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        return torch.zeros_like(x)
-
-
 def test_incompatible_pairs_are_refused_at_assembly() -> None:
     with pytest.raises(CompatibilityError, match="requires a process with linear_gaussian"):
         Pipeline(DoubleWell(), GaussianMixture(**REFERENCE_MIXTURE), REGISTRY.build("sampler", "euler_maruyama"))  # type: ignore[arg-type]
     with pytest.raises(CompatibilityError, match="needs_linear"):
-        Pipeline(DoubleWell(), ExactScoreOfNothing(), NeedsLinear())
+        Pipeline(DoubleWell(), ZeroScore(), NeedsLinear())
     # the generic samplers accept any process
     em = REGISTRY.build("sampler", "euler_maruyama", steps=5)
-    result = Pipeline(DoubleWell(), ExactScoreOfNothing(), em).sample(4, seed=0)  # type: ignore[arg-type]
+    result = Pipeline(DoubleWell(), ZeroScore(), em).sample(4, seed=0)  # type: ignore[arg-type]
     assert result.x.shape == (4, 2) and result.nfe == 5
 
 
