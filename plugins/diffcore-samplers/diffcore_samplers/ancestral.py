@@ -62,11 +62,6 @@ class Ancestral(Sampler):
     def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
             callback: Callback | None) -> tuple[Tensor, int]:
         p = self.params
-        step = ANCESTRAL.prepare(process, describe(self))
         times = time_grid(process, p.steps, p.grid, rho=p.rho).tolist()
-        x, event = x_T, tuple(x_T.shape[1:])
-        for i in range(p.steps):
-            z = noise.normal(event, step=i, dtype=x.dtype) if i < p.steps - 1 else None
-            x = step(score_fn, x, times[i], times[i + 1], z)
-            self.report(callback, i, times[i + 1], x)
+        x = ANCESTRAL.run(describe(self), score_fn, process, x_T, times, noise, callback, noise_last=False)
         return x, p.steps

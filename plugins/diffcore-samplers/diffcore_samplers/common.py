@@ -399,6 +399,19 @@ class Predictor:
     requires: frozenset[str]
     prepare: Callable[[ForwardProcess, str], PredictorStep]
 
+    def run(self, who: str, score_fn: ScoreFn, process: ForwardProcess, x: Tensor, times: list[float],
+            noise: NoiseSource, callback: Callback | None, *, noise_last: bool) -> Tensor:
+        """The standalone sampler: the step between consecutive ``times`` (decreasing), step ``i``
+        with ``noise.normal(event, step=i)`` (none in the last step unless ``noise_last``), each
+        state checked and reported; ``x`` ``(B, *event)`` at ``times[0]``."""
+        step = self.prepare(process, who)
+        event, steps = tuple(x.shape[1:]), len(times) - 1
+        for i in range(steps):
+            z = noise.normal(event, step=i, dtype=x.dtype) if noise_last or i < steps - 1 else None
+            x = step(score_fn, x, times[i], times[i + 1], z)
+            Sampler.report(callback, i, times[i + 1], x)
+        return x
+
 
 def _prepare_ancestral(process: ForwardProcess, who: str) -> PredictorStep:
     lg = require_linear_gaussian(process, who)

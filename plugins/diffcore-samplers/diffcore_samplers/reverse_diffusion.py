@@ -57,12 +57,7 @@ class ReverseDiffusion(Sampler):
     def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,
             callback: Callback | None) -> tuple[Tensor, int]:
         p = self.params
-        step = REVERSE_DIFFUSION.prepare(process, describe(self))
         times = time_grid(process, p.steps, p.grid, rho=p.rho).tolist()
-        x, event = x_T, tuple(x_T.shape[1:])
-        for i in range(p.steps):
-            last = i == p.steps - 1
-            z = None if (last and p.denoise_last) else noise.normal(event, step=i, dtype=x.dtype)
-            x = step(score_fn, x, times[i], times[i + 1], z)
-            self.report(callback, i, times[i + 1], x)
+        x = REVERSE_DIFFUSION.run(describe(self), score_fn, process, x_T, times, noise, callback,
+                                  noise_last=not p.denoise_last)
         return x, p.steps
