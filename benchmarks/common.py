@@ -231,7 +231,8 @@ def parse_args(description: str | None, quick_help: str, argv: Sequence[str] | N
                extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """The options every sampler benchmark takes (``--quick``, ``--threads``; ``extra`` adds more),
     applied: torch's thread count, and the torchsde warning filter."""
-    parser = argparse.ArgumentParser(description=description.splitlines()[0] if description else None)
+    summary = " ".join(description.split("\n\n")[0].split()) if description else None  # the first paragraph
+    parser = argparse.ArgumentParser(description=summary)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     if extra is not None:
