@@ -242,3 +242,13 @@ def parse_args(description: str | None, quick_help: str, argv: Sequence[str] | N
     # k-diffusion's float32 Brownian tree asks for tb a rounding error past t1; torchsde warns each time.
     warnings.filterwarnings("ignore", message="Should have tb<=t1")
     return args
+
+
+def run_script(description: str | None, quick_help: str, section: Callable[..., None],
+               argv: Sequence[str] | None = None) -> None:
+    """The ``main`` of a one-section script: the options (:func:`parse_args`), ``section(quick=...)``,
+    then the total time."""
+    args = parse_args(description, quick_help, argv)
+    started = time.perf_counter()
+    section(quick=args.quick)
+    print(f"\ntotal {time.perf_counter() - started:.0f}s")

@@ -16,11 +16,20 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-import time
 from collections.abc import Callable, Sequence
 
 import torch
-from common import REFERENCE_2D, SEED, Mixture, Reference, Setup, interleaved, make_mixtures, parse_args, timed
+from common import (
+    REFERENCE_2D,
+    SEED,
+    Mixture,
+    Reference,
+    Setup,
+    interleaved,
+    make_mixtures,
+    run_script,
+    timed,
+)
 from torch import Tensor
 
 from diffcore.noise import NoiseSource
@@ -116,10 +125,7 @@ def section(*, quick: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(__doc__, "100 steps, 3 rounds, fewer samples", argv)
-    started = time.perf_counter()
-    section(quick=args.quick)
-    print(f"\ntotal {time.perf_counter() - started:.0f}s")
+    run_script(__doc__, "100 steps, 3 rounds, fewer samples", section, argv)
 
 
 if __name__ == "__main__":

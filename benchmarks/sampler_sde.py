@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from common import REFERENCE_2D, SEED, Reference, Setup, parse_args
+from common import REFERENCE_2D, SEED, Reference, Setup, run_script
 
 
 def run_reverse_sde(*, num: int, step_counts: Sequence[int], ref_num: int) -> None:
@@ -54,10 +54,7 @@ def section(*, quick: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(__doc__, "50 steps, 1000 samples", argv)
-    started = time.perf_counter()
-    section(quick=args.quick)
-    print(f"\ntotal {time.perf_counter() - started:.0f}s")
+    run_script(__doc__, "50 steps, 1000 samples", section, argv)
 
 
 if __name__ == "__main__":
