@@ -43,3 +43,17 @@ def atomic_write(path: str | Path, content: str | bytes | Callable[[IO[bytes]], 
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory's entries to disk (after a rename into it), where the OS supports it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory; the rename itself is still atomic
+    finally:
+        os.close(fd)
