@@ -28,11 +28,12 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
 from diffcore.errors import RegistryError, SpecError
+from diffcore.inputs import read_bytes
+from diffcore.limits import MAX_INT_DIGITS, MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_VALUES
 from diffcore.messages import describe_errors, format_problems, type_name
 from diffcore.registry import Entry, Registry, get_registry
 from diffcore.training.config import TrainConfig
 
-MAX_SPEC_BYTES = 1 << 20
 COMPONENT_FIELDS: dict[str, str] = {"process": "process", "model": "model", "sampler": "sampler",
                                     "objective": "objective", "data": "dataset"}
 """Spec fields holding exactly one component, and the kind of each."""
@@ -129,8 +130,44 @@ def json_schema(registry: Registry | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-class _SafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also rejects duplicate keys (plain PyYAML keeps the last silently)."""
+class _Yaml12Resolver(yaml.resolver.BaseResolver):
+    """The YAML 1.2 core schema's plain scalars (PyYAML implements YAML 1.1).
+
+    Differences that matter in a spec: ``017`` is 17, not 15 (octal is ``0o17``); ``1:30`` is a
+    string, not 90; ``yes``/``no``/``on``/``off`` are strings, only ``true``/``false`` are booleans;
+    ``1_000`` and dates are strings; ``1e-5`` is a float (1.1 needs a dot: ``1.0e-5``).
+    """
+
+
+def _resolve(tag: str, pattern: str, first: str) -> None:
+    _Yaml12Resolver.add_implicit_resolver(f"tag:yaml.org,2002:{tag}", re.compile(pattern), list(first))
+
+
+_DIGITS = "-+0123456789"
+_resolve("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF")
+_resolve("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""])  # type: ignore[arg-type]
+_resolve("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", _DIGITS)
+_resolve("float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+         r"|\.(?:nan|NaN|NAN))$", _DIGITS + ".")
+_resolve("merge", r"^(?:<<)$", "<")
+
+
+class _SafeLoader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser,  # type: ignore[misc]
+                  yaml.composer.Composer, yaml.constructor.SafeConstructor, _Yaml12Resolver):
+    """A safe loader (no tags that build Python objects) with the YAML 1.2 core schema, rejecting
+    duplicate keys (plain PyYAML keeps the last silently) and overlong integers."""
+
+    def __init__(self, stream: str) -> None:
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        _Yaml12Resolver.__init__(self)
+
+
+def _line(node: yaml.Node) -> str:
+    return f"line {node.start_mark.line + 1}"
 
 
 def _construct_mapping(loader: _SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -139,33 +176,53 @@ def _construct_mapping(loader: _SafeLoader, node: yaml.MappingNode, deep: bool =
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
         if not isinstance(key, str | int | float | bool) and key is not None:
-            raise SpecError(f"line {key_node.start_mark.line + 1}: a mapping key must be a plain "
-                            f"value, got {type(key).__name__}")
+            raise SpecError(f"{_line(key_node)}: a mapping key must be a plain value, got {type(key).__name__}")
         if key in mapping:
-            raise SpecError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}; "
-                            "keep one of the two entries")
+            raise SpecError(f"{_line(key_node)}: duplicate key {key!r}; keep one of the two entries")
         mapping[key] = loader.construct_object(value_node, deep=deep)  # type: ignore[no-untyped-call]
     return mapping
 
 
-_SafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-# YAML 1.1 (PyYAML) reads `1e-5` as a string; YAML 1.2 and JSON read it as a number. Specs follow 1.2
-# here, so `rtol: 1e-5` is a float for the validator and for editors using the JSON Schema alike.
-_SafeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"),
-)
+def parse_int(text: str, where: str = "") -> int:
+    """A YAML 1.2 / JSON integer (``17``, ``-3``, ``0o17``, ``0x1f``) of at most
+    :data:`~diffcore.limits.MAX_INT_DIGITS` digits: a longer one is refused, not converted (Python
+    refuses 4300+ digits with a ValueError, and a 4000-digit number is a typo or an attack)."""
+    body = text.lstrip("+-")
+    if len(body) > MAX_INT_DIGITS:
+        raise SpecError(f"{where}the integer {text[:12]}... has {len(body)} digits; spec numbers have at most "
+                        f"{MAX_INT_DIGITS} (write large values as floats, e.g. 1e40)")
+    if body.startswith("0x"):
+        return int(text.replace("0x", "", 1), 16)
+    if body.startswith("0o"):
+        return int(text.replace("0o", "", 1), 8)
+    return int(text, 10)
+
+
+def _construct_int(loader: _SafeLoader, node: yaml.ScalarNode) -> int:
+    return parse_int(str(loader.construct_scalar(node)), f"{_line(node)}: ")
+
+
+def _construct_float(loader: _SafeLoader, node: yaml.ScalarNode) -> float:
+    text = str(loader.construct_scalar(node)).lower()
+    if text.lstrip("+-") in (".inf", ".nan"):
+        return float(text.replace(".", ""))
+    return float(text)
+
+
+_SafeLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+_SafeLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_SafeLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
 def parse_text(text: str, *, source: str = "<spec>", fmt: Literal["yaml", "json"] = "yaml") -> Any:
-    """Parse spec text safely. JSON is also valid YAML; ``fmt="json"`` uses the strict JSON parser."""
+    """Parse spec text safely (YAML 1.2; JSON is also valid YAML, and ``fmt="json"`` uses the strict
+    JSON parser) and check its size (:func:`check_document`)."""
     if len(text.encode()) > MAX_SPEC_BYTES:
         raise SpecError(f"{source}: the spec is larger than {MAX_SPEC_BYTES} bytes; specs are small "
                         "documents, pass data through a dataset component instead")
     try:
-        data = (json.loads(text, object_pairs_hook=_json_pairs) if fmt == "json"
-                else yaml.load(text, Loader=_SafeLoader))  # noqa: S506 - a yaml.SafeLoader subclass
-        _check_size(data, source)
-        return data
+        data = (json.loads(text, object_pairs_hook=_json_pairs, parse_int=parse_int) if fmt == "json"
+                else yaml.load(text, Loader=_SafeLoader))  # noqa: S506 - a safe loader (SafeConstructor)
     except SpecError as exc:
         raise SpecError(f"{source}: {exc}") from None
     except yaml.constructor.ConstructorError as exc:
@@ -176,27 +233,33 @@ def parse_text(text: str, *, source: str = "<spec>", fmt: Literal["yaml", "json"
                         f"{getattr(exc, 'problem', None) or exc}") from None
     except json.JSONDecodeError as exc:
         raise SpecError(f"{source}: not valid JSON: {exc}") from None
-    except RecursionError:
+    except (RecursionError, MemoryError):
         raise SpecError(f"{source}: the document is nested too deeply to be a spec") from None
+    except ValueError as exc:  # a number the parser cannot convert
+        raise SpecError(f"{source}: {exc}") from None
+    check_document(data, source)
+    return data
 
 
-MAX_SPEC_VALUES = 100_000
-
-
-def _check_size(data: Any, source: str) -> None:
-    """Reject documents that expand to more than ``MAX_SPEC_VALUES`` values: YAML aliases can make a
-    few hundred bytes stand for billions of values (an "alias bomb"); the walk stops at the limit."""
-    count, stack = 0, [data]
+def check_document(data: Any, source: str) -> None:
+    """Refuse documents nested deeper than :data:`~diffcore.limits.MAX_SPEC_DEPTH` or expanding to
+    more than :data:`~diffcore.limits.MAX_SPEC_VALUES` values (YAML aliases can make a few hundred
+    bytes stand for billions of values: an "alias bomb"). The walk is iterative and stops at the
+    first limit, so no document can exhaust the stack or the memory here."""
+    count, stack = 0, [(data, 0)]
     while stack:
-        node = stack.pop()
+        node, depth = stack.pop()
         count += 1
         if count > MAX_SPEC_VALUES:
             raise SpecError(f"{source}: the spec expands to more than {MAX_SPEC_VALUES} values (YAML "
                             "aliases repeating large parts?); specs are small documents")
+        if depth > MAX_SPEC_DEPTH:
+            raise SpecError(f"{source}: the spec is nested more than {MAX_SPEC_DEPTH} levels deep; specs are "
+                            "shallow mappings of components")
         if isinstance(node, dict):
-            stack.extend(node.values())
+            stack.extend((value, depth + 1) for value in node.values())
         elif isinstance(node, list | tuple | set):
-            stack.extend(node)
+            stack.extend((value, depth + 1) for value in node)
 
 
 def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -216,10 +279,7 @@ def _yaml_where(exc: yaml.YAMLError) -> str:
 def read_spec(path: str | Path) -> dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``/other) or JSON (``.json``) spec file into a mapping."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpecError(f"cannot read spec {str(path)!r}: {exc.strerror or exc}; check the path") from None
+    raw = read_bytes(path, what="spec", limit=MAX_SPEC_BYTES, error=SpecError)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -231,6 +291,7 @@ def read_spec(path: str | Path) -> dict[str, Any]:
 def as_mapping(data: Any, *, source: str = "<spec>") -> dict[str, Any]:
     """Check that a parsed document is a non-empty mapping."""
     expected = ", ".join(list(COMPONENT_FIELDS) + list(LIST_FIELDS) + ["shape"])
+    check_document(data, source)
     if data is None or data == {}:
         raise SpecError(f"{source}: the spec is empty; it must be a mapping with the keys {expected}")
     if not isinstance(data, Mapping):
@@ -244,6 +305,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
 
     List items are addressed by index (``guidance.0.scale=2``). Returns a new mapping.
     """
+    check_document(data, "the spec")
     out = copy.deepcopy(dict(data))
     for item in overrides:
         path, sep, raw = item.partition("=")

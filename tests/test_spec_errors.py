@@ -302,7 +302,7 @@ def test_nonexistent_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_directory_instead_of_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, err = validate(capsys, str(tmp_path))
-    check_error(rc, err, ("cannot read spec", str(tmp_path)))
+    check_error(rc, err, ("is a directory, not a regular file", str(tmp_path)))
 
 
 # ---------------------------------------------------------------------------------------------
