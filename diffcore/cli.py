@@ -77,9 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("train", help="train the spec's model on its data with its objective")
-    p.add_argument("spec", type=Path)
-    p.add_argument("--out", type=Path, help="run directory for checkpoints (default: runs/<spec name>)")
-    p.add_argument("--resume", type=Path, help="resume from this run directory (or checkpoint)")
+    p.add_argument("spec", type=Path, help="a spec file, or a run directory / checkpoint (its saved spec); with "
+                   "--resume, the run's own spec or the run directory itself")
+    p.add_argument("--out", type=Path, help="run directory for checkpoints, locked while training (default: "
+                   "runs/<spec name>, or the resumed run's directory)")
+    p.add_argument("--resume", type=Path, help="resume from this run directory or checkpoint folder RUN/step-N, "
+                   "continuing in RUN unless --out is given")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: steps / 10)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-preview", action="store_true",
@@ -219,17 +222,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise UsageError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     with process_group(resolve_device(args.device)) as world:
-        from diffcore.spec import apply_overrides, validate_spec
-        from diffcore.training.checkpoint import spec_or_checkpoint
-        from diffcore.training.setup import run_training, setup_training
+        from diffcore.training.checkpoint import run_dir_of
+        from diffcore.training.rundir import on_every_rank
+        from diffcore.training.setup import run_training, setup_training, summary_json, training_spec
 
-        data, _, _ = spec_or_checkpoint(args.resume or args.spec)
-        spec = validate_spec(apply_overrides(data, args.overrides), source=str(args.spec))
-        setup = setup_training(spec, world=world, source=str(args.spec))
-        summary = run_training(setup, args.out or args.resume or Path("runs") / args.spec.stem, resume=args.resume,
-                               checkpoint_every=args.checkpoint_every, preview=not args.no_preview)
+        spec, source = on_every_rank(world, lambda: training_spec(args.spec, args.overrides, resume=args.resume),
+                                     "reading the spec")
+        setup = setup_training(spec, world=world, source=source)
+        # a resumed run continues in its own run directory (the parent of a step-N folder)
+        out = args.out or (run_dir_of(args.resume) if args.resume is not None else Path("runs") / args.spec.stem)
+        summary = run_training(setup, out, resume=args.resume, checkpoint_every=args.checkpoint_every,
+                               preview=not args.no_preview)
         if world.is_main:
-            print(json.dumps(summary))
+            print(summary_json(summary))
     return 0
 
 

@@ -44,6 +44,18 @@ class SamplingError(DiffcoreError, RuntimeError):
     """Sampling failed, e.g. NaN or Inf appeared in the state or the score."""
 
 
+class TrainingError(DiffcoreError, RuntimeError):
+    """Training cannot go on, e.g. the loss or the gradient norm of a step is NaN or Inf.
+
+    ``step`` is the 1-based optimiser step that failed (the step the run would have reached); the
+    checkpoints written before it are intact.
+    """
+
+    def __init__(self, message: str, *, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
 class NonFiniteError(SamplingError):
     """NaN or Inf appeared during sampling.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffcore.errors import UsageError
-from diffcore.training.checkpoint import latest_checkpoint, load_checkpoint
+from diffcore.training.checkpoint import FORMAT, latest_checkpoint, load_checkpoint
 
 TRAIN = textwrap.dedent("""
     import os, signal, sys
@@ -27,13 +29,13 @@ TRAIN = textwrap.dedent("""
 
     run_dir, mode = Path(sys.argv[1]), sys.argv[2]
     if mode == "kill":  # SIGKILL ourselves after the first file of the second checkpoint is written
-        real, calls = ckpt.save_file, []
-        def dying_save_file(tensors, path, metadata=None):
-            real(tensors, path, metadata=metadata)
+        real, calls = ckpt.write_file, []  # 4 files per checkpoint: model, ema, state, checksums.json
+        def dying_write_file(path, data):
+            real(path, data)
             calls.append(path)
-            if len(calls) == 4:
+            if len(calls) == 5:
                 os.kill(os.getpid(), signal.SIGKILL)
-        ckpt.save_file = dying_save_file
+        ckpt.write_file = dying_write_file
     R = get_registry()
     data = sample_mixture(REFERENCE_MIXTURE, 2000, torch.Generator().manual_seed(0)).float()
     torch.manual_seed(0)
@@ -52,6 +54,11 @@ def train(run_dir: Path, mode: str, script: Path) -> subprocess.CompletedProcess
                           timeout=600)
 
 
+def killed_pid(run_dir: Path) -> int:
+    """The process id the lock file of ``run_dir`` names (its holder was killed)."""
+    return int(json.loads((run_dir / ".lock").read_text())["pid"])
+
+
 def test_sigkill_during_a_checkpoint_write_then_resume_is_bitwise_equal(tmp_path: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text(TRAIN)
@@ -62,11 +69,15 @@ def test_sigkill_during_a_checkpoint_write_then_resume_is_bitwise_equal(tmp_path
     # the half-written second checkpoint is not what `latest` names; the first is intact
     good = latest_checkpoint(tmp_path / "run")
     assert good.name == "step-00000020"
-    assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # the partial write
+    # the partial write (SIGKILL runs no `finally`) and the lock file of the dead process
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == [
+        ".lock", f".step-00000040.{killed_pid(tmp_path / 'run')}.tmp"]
     _, meta = load_checkpoint(good)
     assert meta["step"] == 20 and meta["spec"] == {"note": "test"}
-    resumed = train(tmp_path / "run", "resume", script)
+    resumed = train(tmp_path / "run", "resume", script)  # the OS released the dead process's lock
     assert resumed.returncode == 0, resumed.stderr
+    # the resumed run swept the partial write when it took the lock, and released the lock
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
     final_clean = load_checkpoint(latest_checkpoint(tmp_path / "clean"))[0]
     final_resumed = load_checkpoint(latest_checkpoint(tmp_path / "run"))[0]
     for name in ("model", "ema"):
@@ -80,9 +91,16 @@ def test_checkpoints_are_safetensors_with_the_spec(tmp_path: Path) -> None:
     script.write_text(TRAIN.replace("steps=60", "steps=5"))
     assert train(tmp_path / "run", "plain", script).returncode == 0
     path = latest_checkpoint(tmp_path / "run")
-    assert sorted(p.name for p in path.iterdir()) == ["ema.safetensors", "model.safetensors", "state.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["checksums.json", "ema.safetensors", "model.safetensors",
+                                                      "state.safetensors"]
     weights = load_file(path / "model.safetensors")
     assert all(isinstance(v, torch.Tensor) for v in weights.values())
+    manifest = json.loads((path / "checksums.json").read_text())
+    assert manifest["format"] == FORMAT and manifest["step"] == 5
+    for name in ("model", "ema", "state"):
+        data = (path / f"{name}.safetensors").read_bytes()
+        entry = manifest["files"][f"{name}.safetensors"]
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
 def test_a_pickle_posing_as_a_checkpoint_is_refused(tmp_path: Path) -> None:
@@ -95,6 +113,12 @@ def test_a_pickle_posing_as_a_checkpoint_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "ckpt"
     bad.mkdir()
     torch.save({"x": Exploit()}, bad / "model.safetensors")  # a pickle with the right file name
+    with pytest.raises(UsageError, match=r"has no checksums\.json"):
+        load_checkpoint(bad, names=("model",))
+    # even with a manifest that vouches for it, it is parsed as safetensors, never unpickled
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "checksums.json").write_text(json.dumps({"format": FORMAT, "step": 1, "files": {"model.safetensors": {
+        "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}}))
     with pytest.raises(UsageError, match="not a readable safetensors file"):
         load_checkpoint(bad, names=("model",))
     assert not marker.exists()

@@ -6,6 +6,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from diffcore.data import Dataset
 from diffcore.errors import DiffcoreError
 from diffcore.pipeline import Pipeline
@@ -14,13 +16,20 @@ from diffcore.training.loop import Trainer
 
 def previewer(trainer: Trainer, pipe: Pipeline, dataset: Dataset, out: Path) -> Callable[[int], None]:
     """``on_save(step)``: the loss curve and a picture of EMA samples (2-D scatter against the data, or
-    an image grid), written into the run directory ``out``; a failure is reported, never fatal."""
+    an image grid), written into the run directory ``out``; a failure is reported, never fatal. The
+    global random states are left as they were, so previews never change the training."""
     from diffcore.plots import save_loss_curve, save_samples
 
     num = 1000 if len(pipe.shape) == 1 else 64
     reference = dataset.to_raw(trainer.data[:num].cpu())
 
+    devices = [trainer.world.device] if trainer.world.device.type == "cuda" else []
+
     def on_save(step: int) -> None:
+        with torch.random.fork_rng(devices=devices):  # a run with previews resumes bitwise as one without
+            write(step)
+
+    def write(step: int) -> None:
         try:
             (out / "samples").mkdir(parents=True, exist_ok=True)
             save_loss_curve(trainer.losses, out / "loss.png")

@@ -12,6 +12,9 @@ checkpoints and previews, as ``diffcore train`` does::
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from diffcore.data import Dataset
 from diffcore.devices import resolve_device
@@ -27,8 +31,16 @@ from diffcore.errors import UsageError
 from diffcore.objective import Objective
 from diffcore.pipeline import Pipeline
 from diffcore.registry import Registry, get_registry
-from diffcore.spec import PipelineSpecBase, load_spec
+from diffcore.spec import PipelineSpecBase, apply_overrides, load_spec, validate_spec
+from diffcore.training.checkpoint import (
+    holds_checkpoints,
+    latest_checkpoint,
+    run_dir_of,
+    saved_spec_source,
+    spec_or_checkpoint,
+)
 from diffcore.training.loop import Trainer
+from diffcore.training.rundir import hold_run_dir, on_main_rank
 
 
 @dataclass
@@ -82,6 +94,8 @@ def setup_training(spec: str | Path | Mapping[str, Any] | PipelineSpecBase, *,
         dataset = built
     x, labels = dataset.split("train")
     use_labels = labels is not None and pipe.model.conditional
+    if use_labels and labels is not None:
+        check_labels(labels, pipe.model.null_label, source or "<spec>")
     data = dataset  # bound for the closure (mypy narrows a local, not the argument)
     trainer = Trainer(pipe.model.to(target), objective, pipe.process, x.to(target),
                       spec.train,  # type: ignore[attr-defined]
@@ -94,40 +108,152 @@ def setup_training(spec: str | Path | Mapping[str, Any] | PipelineSpecBase, *,
     return TrainingSetup(spec, pipe, data, trainer)
 
 
+def check_labels(labels: Tensor, null_label: int | None, source: str) -> None:
+    """Refuse data labels outside ``[0, num_classes)``: the label ``num_classes`` is the model's
+    null label ("no condition", for classifier-free guidance), so such data would silently train
+    the unconditional model, and larger ones fail inside the embedding."""
+    if null_label is None:
+        return
+    outside = (labels < 0) | (labels >= null_label)
+    count = int(outside.sum())
+    if count:
+        found = sorted({int(v) for v in labels[outside][:1000].tolist()})[:5]
+        raise UsageError(f"{source}: {count} of the {labels.numel()} training labels lie outside [0, {null_label}) "
+                         f"(e.g. {found}); the model's num_classes is {null_label}, and label {null_label} means "
+                         f"'no condition': set model.num_classes to at least {int(labels.max()) + 1}, or fix the "
+                         "data's labels")
+
+
+def training_spec(spec: Path, overrides: Sequence[str] = (), *, resume: Path | None = None,
+                  ) -> tuple[PipelineSpecBase, str]:
+    """The validated spec ``diffcore train SPEC [--resume RUN]`` trains, and how messages name it.
+
+    Without ``resume``: ``spec`` (a spec file, or a run directory / checkpoint whose saved spec starts
+    a new run) with the ``--set`` ``overrides``. With ``resume``: the spec saved in its checkpoint;
+    ``spec`` must be the same spec once validated, or the run directory / checkpoint itself, or the
+    run is refused, listing the fields that differ. A saved spec's errors name the checkpoint file.
+    """
+    if resume is None:
+        data, checkpoint, _ = spec_or_checkpoint(spec)
+        source = saved_spec_source(checkpoint) if checkpoint is not None else str(spec)
+        return validate_spec(apply_overrides(data, overrides), source=source), source
+    if overrides:
+        raise UsageError("--set cannot change the spec of a resumed run: it continues with the spec saved in "
+                         f"{resume}; start a new run with --out to train with other settings")
+    if not resume.is_dir():
+        raise UsageError(f"--resume {resume} is not a run directory or checkpoint folder; give the --out of an "
+                         "earlier `diffcore train` (or one of its step-N folders)")
+    saved_data, checkpoint, _ = spec_or_checkpoint(resume)
+    assert checkpoint is not None
+    source = saved_spec_source(checkpoint)
+    saved = validate_spec(saved_data, source=source)
+    if spec.is_dir() and latest_checkpoint(spec).resolve() == checkpoint.resolve():
+        return saved, source
+    given_data, given_checkpoint, _ = spec_or_checkpoint(spec)
+    given_source = saved_spec_source(given_checkpoint) if given_checkpoint is not None else str(spec)
+    given = validate_spec(given_data, source=given_source)
+    differences = spec_differences(given.model_dump(mode="json"), saved.model_dump(mode="json"))
+    if differences:
+        shown = "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more" if len(differences) > 8 else "")
+        raise UsageError(f"{spec} is not the spec of the run resumed from {checkpoint} ({shown}): a resumed run "
+                         f"continues with the spec saved in its checkpoint. Give the run itself (`diffcore train "
+                         f"{run_dir_of(checkpoint)} --resume {resume}`) or its spec unchanged, or start a new run with "
+                         "another --out to train with other settings")
+    return saved, source
+
+
+def spec_differences(given: Any, saved: Any, path: str = "") -> list[str]:
+    """Where two validated specs (JSON values) differ: ``"train.steps: 1500 here, 40 saved"`` per
+    dotted field path (a component of another type is one difference, at the component)."""
+    if isinstance(given, dict) and isinstance(saved, dict) and given.get("type") == saved.get("type"):
+        return [d for key in sorted(set(given) | set(saved), key=str)
+                for d in spec_differences(given.get(key, _ABSENT), saved.get(key, _ABSENT),
+                                          f"{path}.{key}" if path else str(key))]
+    if isinstance(given, list) and isinstance(saved, list) and len(given) == len(saved):
+        return [d for i, (a, b) in enumerate(zip(given, saved, strict=True))
+                for d in spec_differences(a, b, f"{path}.{i}" if path else str(i))]
+    if given == saved:
+        return []
+    return [f"{path or 'the whole spec'}: {_short(given)} here, {_short(saved)} saved"]
+
+
+_ABSENT = object()
+
+
+def _short(value: Any) -> str:
+    text = "absent" if value is _ABSENT else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_out_dir(out: Path, resume: Path | None) -> None:
+    """Refuse to write a run into ``out`` when it holds the checkpoints of another run: a new run
+    (no ``resume``) would replace them step by step and move ``latest`` back, and a run resumed from
+    elsewhere would mix two runs' checkpoints. Resuming a run into its own directory is fine."""
+    if not holds_checkpoints(out):
+        return
+    if resume is not None and os.path.realpath(run_dir_of(latest_checkpoint(resume))) == os.path.realpath(out):
+        return
+    try:
+        latest = f" (latest: {latest_checkpoint(out).name})"
+    except UsageError:
+        latest = ""
+    if resume is None:
+        raise UsageError(f"{out} already holds the checkpoints of a run{latest}; continue it with `diffcore train "
+                         f"{out} --resume {out}`, or give a new --out (or delete {out} to start over)")
+    raise UsageError(f"--out {out} already holds the checkpoints of another run{latest}, not of {resume}; give a "
+                     "new or empty --out, or omit --out to continue in the resumed run's own directory")
+
+
+def summary_json(summary: Mapping[str, Any]) -> str:
+    """The summary as strict JSON: a NaN or Inf number (which JSON cannot hold) becomes ``null``."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
+    return json.dumps(clean, allow_nan=False)
+
+
 def run_training(setup: TrainingSetup, out: Path, *, resume: Path | None = None,
                  checkpoint_every: int | None = None, preview: bool = True) -> dict[str, Any]:
     """Train ``setup`` to ``train.steps`` as ``diffcore train`` does: resume from ``resume`` (a run
     directory or checkpoint), checkpoint into ``out`` every ``checkpoint_every`` steps (default: a tenth
     of the run) and at the end, with a loss curve and a picture of EMA samples at each checkpoint
     unless ``preview`` is false, and a progress bar on the main process. Returns the summary
-    ``diffcore train`` prints (``out``, ``steps``, ``seconds``, ``first_loss``, ``final_loss``, ...)."""
+    ``diffcore train`` prints (``out``, ``steps``, ``seconds``, ``first_loss``, ``final_loss``,
+    ``skipped_steps``, ...; print it with :func:`summary_json`).
+
+    ``out`` is locked for the whole run (a second training into it is refused, see
+    :func:`~diffcore.training.rundir.hold_run_dir`), and refused if it holds another run's
+    checkpoints (:func:`check_out_dir`). A non-finite step raises
+    :class:`~diffcore.errors.TrainingError` (unless ``train.nonfinite: skip``), leaving the
+    checkpoints written so far."""
     from tqdm import tqdm
 
     from diffcore.training.preview import previewer
 
     trainer, world = setup.trainer, setup.trainer.world
-    if resume is not None:
-        trainer.load(resume)
-    steps = trainer.config.steps
-    bar = tqdm(total=steps, initial=trainer.step, desc="train", unit="step", dynamic_ncols=True,
-               disable=None if world.is_main else True)
+    with hold_run_dir(out, world):  # one writer per run directory, for the whole run
+        on_main_rank(world, lambda: check_out_dir(out, resume), f"checking the run directory {out}")
+        if resume is not None:
+            trainer.load(resume)
+        steps = trainer.config.steps
+        bar = tqdm(total=steps, initial=trainer.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=None if world.is_main else True)
 
-    def on_step(step: int, loss: float) -> None:
-        bar.update(1)
-        if step % 10 == 0 or step == steps:
-            window = trainer.losses[-50:]
-            bar.set_postfix(loss=f"{sum(window) / len(window):.4g}")
+        def on_step(step: int, loss: float) -> None:
+            bar.update(1)
+            if (step % 10 == 0 or step == steps) and trainer.losses:
+                window = trainer.losses[-50:]
+                bar.set_postfix(loss=f"{sum(window) / len(window):.4g}")
 
-    on_save = previewer(trainer, setup.pipe, setup.dataset, out) if preview else None
-    start = time.perf_counter()
-    try:
-        trainer.run(on_step=on_step, run_dir=out, checkpoint_every=checkpoint_every or max(1, steps // 10),
-                    on_save=on_save)
-    finally:
-        bar.close()
+        on_save = previewer(trainer, setup.pipe, setup.dataset, out) if preview else None
+        start = time.perf_counter()
+        try:
+            trainer.run(on_step=on_step, run_dir=out, checkpoint_every=checkpoint_every or max(1, steps // 10),
+                        on_save=on_save)
+        finally:
+            bar.close()
     seconds = time.perf_counter() - start
     tail = trainer.losses[-min(100, len(trainer.losses)):]
     return {"out": str(out), "steps": trainer.step, "seconds": round(seconds, 3),
             "first_loss": trainer.losses[0] if trainer.losses else None,
-            "final_loss": sum(tail) / max(1, len(tail)), "device": str(world.device), "processes": world.size}
+            "final_loss": sum(tail) / len(tail) if tail else None, "skipped_steps": trainer.skipped,
+            "device": str(world.device), "processes": world.size}
 
