@@ -14,17 +14,41 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from diffcore.errors import DiffcoreError, UsageError
+from diffcore.limits import MAX_SAMPLES, MAX_STEPS
 
 EXIT_USAGE = 2
+DEBUG_ENV = "DIFFCORE_DEBUG"
+"""Set (to anything but ``0``) to print the traceback behind an error message."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: raised in the main thread so every ``finally`` runs and removes
+    its temporary files, as for Ctrl-C. A ``KeyboardInterrupt``, so ``except Exception`` never
+    swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit status: 0, 2 for bad input (one paragraph on stderr), or
+    128 + the signal number when interrupted (130 for Ctrl-C)."""
+    previous = _install_signal_handlers()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -34,16 +58,86 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
         return result
     except DiffcoreError as exc:
-        _fail(str(exc))
+        _fail(str(exc), exc)
     except OSError as exc:
-        _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), exc)
+    except Terminated as exc:
+        _fail(f"stopped by {exc}; temporary files were removed and the last checkpoint is intact")
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        _fail("interrupted")
+        _fail("interrupted; temporary files were removed and the last checkpoint is intact")
+        return 128 + signal.SIGINT
+    except Exception as exc:
+        if not _peer_failed(exc):
+            raise
+    finally:
+        _restore_signal_handlers(previous)
     return EXIT_USAGE
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, exc: BaseException | None = None) -> None:
+    if exc is not None and os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        traceback.print_exception(exc)
     print(f"diffcore: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` (main thread only, where Python delivers
+    signals); returns the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signum = getattr(signal, name)
+            previous[signum] = signal.signal(signum, _terminate)
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _peer_failed(exc: Exception) -> bool:
+    """Under ``torchrun``, whether ``exc`` is this rank losing its connection because another rank
+    (usually rank 0, which reported why) stopped; then say so in one line instead of a traceback."""
+    from diffcore.distributed import launched_by_torchrun
+
+    if not launched_by_torchrun() or "torch.distributed" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
+    if not isinstance(exc, dist.DistError | RuntimeError) or os.environ.get("RANK", "0") == "0":
+        return False
+    _fail(f"rank {os.environ['RANK']} stopped because another process of the run failed (its message says "
+          f"why): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", exc)
+    return True
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one paragraph, like every other diffcore error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]`` (a 4000-digit one is refused before it is
+    converted)."""
+    def parse(text: str) -> int:
+        digits = text.strip().lstrip("+-")
+        if not digits.isdigit() or len(digits) > len(str(high)) + 1:
+            if digits.isdigit():
+                shown = text if len(text) <= 24 else f"{text[:24]}... ({len(digits)} digits)"
+                raise argparse.ArgumentTypeError(f"{shown} is out of range: use {low} to {high}")
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer")
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low} to {high}")
+        return value
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     from diffcore import __version__
     from diffcore.commands import load_command_plugins
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="diffcore", description="Score-based generative models from declarative specs: list plugins and "
         "components, export the spec schema, validate specs, train and draw samples.")
     parser.add_argument("--version", action="version", version=f"diffcore {__version__}")
@@ -92,15 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a spec or a trained checkpoint into a .npy file")
     p.add_argument("spec", type=Path, help="a spec file, or a run directory / checkpoint of `diffcore train`")
-    p.add_argument("--num", "--num-samples", dest="num", type=int, required=True,
+    p.add_argument("--num", "--num-samples", dest="num", type=bounded_int(1, MAX_SAMPLES), required=True,
                    help="number of samples (spell it --num-samples after torchrun, whose own --numa-binding "
                    "option makes --num ambiguous)")
-    p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i)")
+    p.add_argument("--seed", type=bounded_int(0, 2**64 - 1), default=0,
+                   help="seed; sample i depends only on (seed, i)")
     p.add_argument("--out", type=Path, required=True, help="output .npy file, shape (num, *shape)")
     p.add_argument("--sampler", help="replace the spec's sampler by this registered one (its defaults)")
-    p.add_argument("--steps", type=int, help="set sampler.steps")
+    p.add_argument("--steps", type=bounded_int(1, MAX_STEPS), help="set sampler.steps")
     p.add_argument("--latents", type=Path, help=".npy of shape (num, *shape): start states at time T")
-    p.add_argument("--batch-size", type=int, help="samples per chunk (bounds memory; default: all)")
+    p.add_argument("--batch-size", type=bounded_int(1, MAX_SAMPLES),
+                   help="samples per chunk (bounds memory; default: all, at most 16M values per chunk)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--model-range", action="store_true",
                    help="keep the model's scaled values (default: map back to the data's raw range when the "
@@ -168,7 +264,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
     text = json.dumps(json_schema(), indent=2)
     if args.out:
-        atomic_write(args.out, text + "\n")
+        from diffcore.inputs import output_file
+
+        atomic_write(output_file(args.out), text + "\n")
     else:
         print(text)
     return 0
@@ -187,12 +285,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from diffcore.devices import resolve_device
     from diffcore.distributed import process_group
 
-    if args.num < 1:
-        raise UsageError(f"--num must be positive, got {args.num}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
-    if not 0 <= args.seed < 2**64:
-        raise UsageError(f"--seed must be in [0, 2**64), got {args.seed}")
+    from diffcore.inputs import output_file
+
+    output_file(args.out)
     with process_group(resolve_device(args.device)) as world:
         from diffcore.sampling import data_scaling, load_for_sampling, load_latents, sample_to_file
 

@@ -99,16 +99,30 @@ def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
     return total / world.size
 
 
+MAX_CHUNK_VALUES = 1 << 24
+"""Most values (samples x values per sample) in one default chunk: about 64 MiB per float32 state,
+so ``--num`` alone never asks for more memory than a machine has."""
+
+
+def default_batch_size(num: int, shape: tuple[int, ...], world: World) -> int:
+    """Samples per chunk when none is given: an equal share per rank, at most
+    :data:`MAX_CHUNK_VALUES` values per chunk."""
+    values = 1
+    for size in shape:
+        values *= size
+    return max(1, min(-(-num // world.size), MAX_CHUNK_VALUES // values))
+
+
 def sample_chunks(pipe: Pipeline, num: int, *, seed: int, world: World, batch_size: int | None = None,
                   latents: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, int]]:
     """Yield ``(first index, samples on CPU, NFE)`` per chunk of ``num`` samples, on the main process
     (other ranks yield nothing).
 
-    Chunk ``c`` (of ``batch_size``, default an equal share per rank) is drawn by rank ``c mod N`` and
+    Chunk ``c`` (of ``batch_size``, default :func:`default_batch_size`) is drawn by rank ``c mod N`` and
     sent to rank 0; each chunk is computed exactly as a single process with the same ``batch_size``
     computes it. ``latents`` ``(num, *shape)``: the start states, sliced per chunk.
     """
-    batch = batch_size or -(-num // world.size)
+    batch = batch_size or default_batch_size(num, tuple(pipe.shape), world)
     for c, lo in enumerate(range(0, num, batch)):
         hi, owner = min(num, lo + batch), c % world.size
         if owner == world.rank:

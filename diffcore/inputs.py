@@ -12,12 +12,16 @@ naming the file and the fix.
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from pathlib import Path
 from typing import IO
 
+import numpy as np
+
 from diffcore.errors import DiffcoreError, UsageError
+from diffcore.limits import MAX_ARRAY_BYTES
 
 
 def _describe_mode(mode: int) -> str:
@@ -85,3 +89,42 @@ def output_file(path: str | Path, *, what: str = "--out") -> Path:
     elif not out.parent.is_dir():
         raise UsageError(f"{what} {text!r}: the folder {str(out.parent)!r} does not exist; create it first")
     return out
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def load_npy(path: str | Path, *, what: str, limit: int = MAX_ARRAY_BYTES, kinds: str = "f") -> np.ndarray:
+    """A ``.npy`` array of plain numbers, never unpickled, checked before its data is read.
+
+    The header is parsed first: the file must be a regular ``.npy`` file (not a ``.npz`` archive
+    or anything else), its dtype of a kind in ``kinds`` (``"f"``: float; ``"biuf"``: any real
+    number) and at most 8 bytes per value (no float128), and its shape must match the file's size
+    (a header claiming 2e13 values is refused, not allocated). Big-endian data is converted to the
+    machine's byte order. Returns a C-contiguous array in native byte order.
+    """
+    with open_regular(path, what=what, limit=limit) as handle:
+        magic = handle.read(len(_NPY_MAGIC))
+        if magic != _NPY_MAGIC:
+            kind = "a .npz archive (zip)" if magic.startswith(b"PK") else "not a .npy file"
+            raise UsageError(f"{what} {str(path)!r} is {kind}; save one array with numpy.save")
+        handle.seek(0)
+        try:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(handle)
+        except (ValueError, SyntaxError, TypeError, EOFError) as exc:
+            raise UsageError(f"{what} {str(path)!r} has a damaged .npy header ({exc}); save it again with "
+                             "numpy.save") from None
+        if dtype.hasobject or dtype.kind not in kinds or dtype.itemsize > 8 or dtype.fields is not None:
+            wanted = "float" if kinds == "f" else "real number"
+            raise UsageError(f"{what} {str(path)!r} holds {dtype} values; expected a {wanted} array "
+                             "(float16, float32 or float64)")
+        count = math.prod(shape)
+        data_bytes = os.fstat(handle.fileno()).st_size - handle.tell()
+        if count * dtype.itemsize != data_bytes:
+            raise UsageError(f"{what} {str(path)!r}: its header claims shape {shape} ({count * dtype.itemsize} "
+                             f"bytes of data) but the file holds {data_bytes}; the file is truncated or damaged")
+        array = np.fromfile(handle, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
+    return np.ascontiguousarray(array, dtype=dtype.newbyteorder("="))

@@ -9,7 +9,10 @@ when complete.
 
 from __future__ import annotations
 
+import glob
+import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffcore.distributed import World, current_world, sample_chunks
+from diffcore.distributed import World, current_world, default_batch_size, sample_chunks
 from diffcore.errors import UsageError
+from diffcore.inputs import load_npy, output_file
+from diffcore.utils import fsync_dir
 from diffcore.pipeline import Pipeline
 from diffcore.spec import PipelineSpecBase, apply_overrides, validate_spec
 from diffcore.training.checkpoint import load_ema_weights, spec_or_checkpoint
@@ -62,17 +67,39 @@ def data_scaling(spec: PipelineSpecBase, meta: dict[str, Any]) -> tuple[float, f
 
 
 def load_latents(path: Path) -> torch.Tensor:
-    """A ``.npy`` float array of start states, never unpickled; refuses other files and NaN/Inf."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise UsageError(f"--latents {path}: not a readable .npy array of numbers ({exc}); "
-                         "save it with numpy.save from a float array") from None
-    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
-        raise UsageError(f"--latents {path}: expected a float array, got {getattr(array, 'dtype', type(array))}")
+    """A ``.npy`` float array of start states (see :func:`diffcore.inputs.load_npy`: never
+    unpickled, header checked before reading); refuses NaN and Inf."""
+    array = load_npy(path, what="--latents")
     if not np.isfinite(array).all():
         raise UsageError(f"--latents {path}: contains NaN or Inf")
-    return torch.from_numpy(np.ascontiguousarray(array))
+    return torch.from_numpy(array)
+
+
+def _sweep_stale_temporaries(out: Path) -> None:
+    """Remove temporary files that an earlier, killed ``sample`` into ``out`` left behind (their
+    writer's process id is in the name and no longer runs)."""
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        pid = tmp.name[len(out.name) + 2:-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _check_space(out: Path, num: int, shape: tuple[int, ...]) -> None:
+    need = num * math.prod(shape) * 4 + 4096
+    free = shutil.disk_usage(out.parent).free
+    if need > free:
+        raise UsageError(f"--out {out}: {num} samples of shape {shape} need {need / 2**30:.3g} GiB but its folder "
+                         f"has {free / 2**30:.3g} GiB free; draw fewer samples (--num) or write elsewhere")
 
 
 def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_size: int | None = None,
@@ -81,8 +108,8 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
     """Draw ``num`` samples of ``pipe`` into the ``.npy`` file ``out`` (float32, ``(num, *shape)``).
 
     Sample ``i`` depends only on ``(seed, i)``; ``batch_size`` bounds the samples per chunk (default:
-    all, or an equal share per rank); ``scaling`` ``(shift, mult)`` maps them to raw units
-    (``x / mult + shift``). The file appears complete or not at all. Returns the summary that
+    all, or an equal share per rank, up to 16M values per chunk); ``scaling`` ``(shift, mult)`` maps
+    them to raw units (``x / mult + shift``). The file appears complete or not at all. Returns the summary that
     ``diffcore sample --json`` prints on the main process, ``None`` on the other ranks. ``world``
     (default: the current process group, if any) sets the device; without it, ``device`` (default: the
     model's).
@@ -90,8 +117,14 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
     if world is None:
         model_device = next((p.device for p in pipe.model.parameters()), torch.device("cpu"))
         world = current_world(torch.device(device) if device is not None else model_device)
-    out = Path(out)
+    out = output_file(out)
+    if latents is not None and tuple(latents.shape) != (num, *pipe.shape):
+        raise UsageError(f"--latents have shape {tuple(latents.shape)} but {num} samples of shape "
+                         f"{tuple(pipe.shape)} need {(num, *pipe.shape)}; save exactly one start state per sample")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    if world.is_main:
+        _sweep_stale_temporaries(out)
+        _check_space(out, num, tuple(pipe.shape))
     start = time.perf_counter()
     nfes: list[int] = []
     try:
@@ -113,6 +146,7 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
         array.flush()
         del array
         os.replace(tmp, out)
+        fsync_dir(out.parent)
     finally:
         tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
@@ -120,7 +154,7 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
         "out": str(out), "num": num, "shape": list(pipe.shape), "seed": seed,
         "process": pipe.process.name, "model": pipe.model.name, "sampler": pipe.sampler.name,
         "nfe": max(nfes), "nfe_total": sum(nfes), "chunks": len(nfes),
-        "batch_size": batch_size or -(-num // world.size), "device": str(world.device),
+        "batch_size": batch_size or default_batch_size(num, tuple(pipe.shape), world), "device": str(world.device),
         "processes": world.size, "range": "model" if scaling is None else "raw",
         "seconds": round(seconds, 4), "samples_per_second": round(num / seconds, 2),
     }

@@ -180,10 +180,13 @@ def test_pickled_latents_are_never_unpickled(tmp_path: Path, capsys: pytest.Capt
 def test_bad_options_exit_2_and_leave_no_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "x.npy"
     cases = [
-        (["--num", "0"], "--num must be positive"),
-        (["--num", "5", "--batch-size", "0"], "--batch-size must be positive"),
-        (["--num", "5", "--seed", "-1"], "--seed"),
-        (["--num", "5", "--steps", "-2"], "`sampler.steps`"),
+        (["--num", "0"], "argument --num/--num-samples: 0 is out of range: use 1 to"),
+        (["--num", "5", "--batch-size", "0"], "argument --batch-size: 0 is out of range"),
+        (["--num", "5", "--seed", "-1"], "argument --seed: -1 is out of range: use 0 to 18446744073709551615"),
+        (["--num", "5", "--steps", "-2"], "argument --steps: -2 is out of range: use 1 to 1000000"),
+        (["--num", "5", "--steps", "2000000000"], "argument --steps: 2000000000 is out of range"),
+        (["--num", "5", "--steps", "9" * 5000], "(5000 digits) is out of range"),
+        (["--num", "5x"], "argument --num/--num-samples: '5x' is not an integer"),
         (["--num", "5", "--sampler", "eulr"], "did you mean 'euler_maruyama'"),
     ]
     if not torch.cuda.is_available():
@@ -218,9 +221,12 @@ def test_train_resume_and_sample_from_the_checkpoint(tmp_path: Path, capsys: pyt
     summary = json.loads(out)
     assert summary["steps"] == 40 and summary["final_loss"] < summary["first_loss"]
     assert (run / "latest").read_text().strip() == "step-00000040"
-    # resuming a finished run trains nothing more and keeps the spec of the checkpoint
-    code, out, err = cli(capsys, "train", str(TRAIN_SPEC), "--resume", str(run), "--device", "cpu")
+    # resuming a finished run trains nothing more and keeps the spec of the checkpoint; a spec file
+    # that differs from it (here: train.steps) is refused, not silently ignored
+    code, out, err = cli(capsys, "train", str(run), "--resume", str(run), "--device", "cpu")
     assert code == 0 and json.loads(out)["steps"] == 40, err
+    code, out, err = cli(capsys, "train", str(TRAIN_SPEC), "--resume", str(run), "--device", "cpu")
+    assert code == 2 and "train.steps: 1500 here, 40 saved" in err, err
     samples = tmp_path / "x.npy"
     code, out, err = cli(capsys, "sample", str(run), "--num", "200", "--steps", "20", "--out", str(samples), "--json")
     assert code == 0, err
