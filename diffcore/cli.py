@@ -23,12 +23,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from diffcore.entry_points import DEBUG_ENV
 from diffcore.errors import DiffcoreError, UsageError
 from diffcore.limits import MAX_SAMPLES, MAX_STEPS
 
 EXIT_USAGE = 2
-DEBUG_ENV = "DIFFCORE_DEBUG"
-"""Set (to anything but ``0``) to print the traceback behind an error message."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -205,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.set_defaults(func=cmd_sample)
 
-    parser.set_defaults(command_plugins=load_command_plugins(sub))
+    parser.set_defaults(command_plugins=load_command_plugins(sub))  # type: ignore[arg-type]
     return parser
 
 
@@ -284,7 +283,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from diffcore.devices import resolve_device
     from diffcore.distributed import process_group
-
     from diffcore.inputs import output_file
 
     output_file(args.out)

@@ -18,7 +18,14 @@ from typing import Any
 import pluggy
 
 from diffcore import hookspecs
-from diffcore.entry_points import STRICT_ENV, describe_exception, distribution, entry_points, strict_from_env
+from diffcore.entry_points import (
+    PLUGIN_FAILURES,
+    STRICT_ENV,
+    describe_exception,
+    distribution,
+    entry_points,
+    strict_from_env,
+)
 from diffcore.errors import PluginError
 
 ENTRY_POINT_GROUP = "diffcore.commands"
@@ -52,7 +59,7 @@ def load_command_plugins(subparsers: Subparsers[argparse.ArgumentParser], *,
             continue
         try:
             plugin = ep.load()
-        except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, not ours
+        except PLUGIN_FAILURES as exc:
             _fail(info, f"failed to import {ep.value!r}: {describe_exception(exc)}", strict)
             continue
         add_commands(subparsers, plugin, info, strict=strict)
@@ -67,7 +74,7 @@ def add_commands(subparsers: Subparsers[argparse.ArgumentParser], plugin: object
     pm.add_hookspecs(hookspecs)
     try:
         pm.register(plugin, name=info.name)
-    except Exception as exc:  # noqa: BLE001 - pluggy validation errors
+    except PLUGIN_FAILURES as exc:
         _fail(info, f"rejected by pluggy: {describe_exception(exc)}", strict)
         return info
     if not pm.hook.diffcore_add_commands.get_hookimpls():
@@ -76,7 +83,7 @@ def add_commands(subparsers: Subparsers[argparse.ArgumentParser], plugin: object
     before, actions = set(subparsers.choices), len(subparsers._choices_actions)
     try:
         pm.hook.diffcore_add_commands(subparsers=subparsers)
-    except Exception as exc:  # noqa: BLE001 - the plugin's hook failed: keep none of its commands
+    except PLUGIN_FAILURES as exc:
         for name in set(subparsers.choices) - before:
             del subparsers.choices[name]
         del subparsers._choices_actions[actions:]

@@ -13,11 +13,14 @@ exactly like a typo in a YAML spec.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from diffcore.errors import CompatibilityError, SpecError
+from diffcore.entry_points import DEBUG_ENV, PLUGIN_FAILURES, describe_exception
+from diffcore.errors import CompatibilityError, DiffcoreError, PluginError, SpecError
 from diffcore.messages import describe_errors, format_problems
 
 
@@ -77,6 +80,38 @@ class Component(metaclass=abc.ABCMeta):
 def describe(component: Component) -> str:
     """``DDIM ('ddim')``: a component's class and registered name, for messages."""
     return f"{type(component).__name__} ({getattr(component, 'name', '?')!r})"
+
+
+@contextmanager
+def component_errors(component: Component | type[Component], action: str) -> Iterator[None]:
+    """Report a component's failure as a :class:`~diffcore.errors.PluginError` naming it, what it
+    was doing and where it raised, instead of a traceback: wrap every call core makes into
+    component code (building, sampling, training steps). A :class:`~diffcore.errors.DiffcoreError`
+    (already a clear message) passes through unchanged, as does a ``KeyboardInterrupt`` (Ctrl-C)."""
+    try:
+        yield
+    except DiffcoreError:
+        raise
+    except PLUGIN_FAILURES as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        cls = component if isinstance(component, type) else type(component)
+        raise PluginError(f"{kind_name(cls)} {getattr(cls, 'name', '?')!r} ({cls.__module__}.{cls.__qualname__}) "
+                          f"failed while {action}: {describe_exception(exc)}; this is an error in that component "
+                          f"(set {DEBUG_ENV}=1 for the traceback)") from exc
+
+
+def kind_name(cls: type) -> str:
+    """``sampler``, ``model``...: the interface ``cls`` implements, by its base class names."""
+    for base in cls.__mro__:
+        name = _KIND_BY_BASE.get(base.__name__)
+        if name is not None and base.__module__.startswith("diffcore."):
+            return name
+    return "component"
+
+
+_KIND_BY_BASE = {"ForwardProcess": "process", "ScoreModel": "model", "Objective": "objective", "Sampler": "sampler",
+                 "Guidance": "guidance", "Dataset": "dataset"}
 
 
 def check_compatible(component: Component, process: Component) -> None:

@@ -10,8 +10,16 @@ import traceback
 from collections.abc import Iterator
 from importlib import metadata
 
+DEBUG_ENV = "DIFFCORE_DEBUG"
+"""Set (to anything but ``0``) to make the command line print the traceback behind an error."""
 STRICT_ENV = "DIFFCORE_STRICT_PLUGINS"
 """Set (to anything but ``0``) to make every plugin error fatal."""
+
+
+PLUGIN_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt, GeneratorExit)
+"""What a plugin may raise at import, in a hook or in a component call that is reported as its
+error instead of ending the program: every exception, ``SystemExit`` too (a plugin calling
+``sys.exit(0)`` at import must not make ``diffcore validate`` exit 0 without a word)."""
 
 
 def strict_from_env() -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import zipfile
 from pathlib import Path
 from typing import IO
 
@@ -64,8 +65,8 @@ def open_regular(path: str | Path, *, what: str, limit: int,
 def read_bytes(path: str | Path, *, what: str, limit: int, error: type[DiffcoreError] = UsageError) -> bytes:
     """The content of the regular file ``path`` (at most ``limit`` bytes; see :func:`open_regular`)."""
     with open_regular(path, what=what, limit=limit, error=error) as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:  # the file grew while being read
+        data = handle.read(os.fstat(handle.fileno()).st_size + 1)
+    if len(data) > limit:  # the file grew between the check and the read
         raise error(f"{what} {str(path)!r} has more than the {limit} bytes allowed")
     return data
 
@@ -95,36 +96,69 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 
 def load_npy(path: str | Path, *, what: str, limit: int = MAX_ARRAY_BYTES, kinds: str = "f") -> np.ndarray:
-    """A ``.npy`` array of plain numbers, never unpickled, checked before its data is read.
-
-    The header is parsed first: the file must be a regular ``.npy`` file (not a ``.npz`` archive
-    or anything else), its dtype of a kind in ``kinds`` (``"f"``: float; ``"biuf"``: any real
-    number) and at most 8 bytes per value (no float128), and its shape must match the file's size
-    (a header claiming 2e13 values is refused, not allocated). Big-endian data is converted to the
-    machine's byte order. Returns a C-contiguous array in native byte order.
-    """
+    """A ``.npy`` array of plain numbers, never unpickled, checked before its data is read (see
+    :func:`read_npy`)."""
     with open_regular(path, what=what, limit=limit) as handle:
-        magic = handle.read(len(_NPY_MAGIC))
-        if magic != _NPY_MAGIC:
-            kind = "a .npz archive (zip)" if magic.startswith(b"PK") else "not a .npy file"
-            raise UsageError(f"{what} {str(path)!r} is {kind}; save one array with numpy.save")
-        handle.seek(0)
+        return read_npy(handle, os.fstat(handle.fileno()).st_size, what=f"{what} {str(path)!r}", kinds=kinds)
+
+
+def load_npz(path: str | Path, keys: list[str], *, what: str, limit: int = MAX_ARRAY_BYTES,
+             kinds: str = "biuf") -> list[np.ndarray]:
+    """The arrays ``keys`` of a ``.npz`` archive, each read like a ``.npy`` file (:func:`read_npy`,
+    against the member's stated size), so neither a pickle nor a header claiming terabytes is ever
+    loaded. A missing key is refused with the keys present."""
+    with open_regular(path, what=what, limit=limit) as handle:
         try:
-            version = np.lib.format.read_magic(handle)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(handle)
-        except (ValueError, SyntaxError, TypeError, EOFError) as exc:
-            raise UsageError(f"{what} {str(path)!r} has a damaged .npy header ({exc}); save it again with "
-                             "numpy.save") from None
-        if dtype.hasobject or dtype.kind not in kinds or dtype.itemsize > 8 or dtype.fields is not None:
-            wanted = "float" if kinds == "f" else "real number"
-            raise UsageError(f"{what} {str(path)!r} holds {dtype} values; expected a {wanted} array "
-                             "(float16, float32 or float64)")
-        count = math.prod(shape)
-        data_bytes = os.fstat(handle.fileno()).st_size - handle.tell()
-        if count * dtype.itemsize != data_bytes:
-            raise UsageError(f"{what} {str(path)!r}: its header claims shape {shape} ({count * dtype.itemsize} "
-                             f"bytes of data) but the file holds {data_bytes}; the file is truncated or damaged")
-        array = np.fromfile(handle, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
-    return np.ascontiguousarray(array, dtype=dtype.newbyteorder("="))
+            archive = zipfile.ZipFile(handle)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise UsageError(f"{what} {str(path)!r} is not a .npz archive ({exc}); save it with numpy.savez") from None
+        with archive:
+            present = {name.removesuffix(".npy"): name for name in archive.namelist()}
+            missing = [k for k in keys if k not in present]
+            if missing:
+                raise UsageError(f"{what} {str(path)!r} has no key {missing[0]!r}; keys present: "
+                                 f"{', '.join(sorted(present)) or 'none'}")
+            arrays = []
+            for key in keys:
+                info = archive.getinfo(present[key])
+                try:
+                    with archive.open(info) as member:
+                        arrays.append(read_npy(member, info.file_size, what=f"{what} {str(path)!r}[{key!r}]",
+                                               kinds=kinds))
+                except (zipfile.BadZipFile, OSError, EOFError) as exc:  # a damaged member (CRC, truncation)
+                    raise UsageError(f"{what} {str(path)!r}[{key!r}] is damaged ({exc})") from None
+            return arrays
+
+
+def read_npy(handle: IO[bytes], size: int, *, what: str, kinds: str = "f") -> np.ndarray:
+    """Read one ``.npy`` array of ``size`` bytes from ``handle``, checking the header first.
+
+    The data must start with the ``.npy`` magic (not a ``.npz`` archive or anything else), its dtype
+    be plain numbers of a kind in ``kinds`` (``"f"``: float; ``"biuf"``: any real number) with at
+    most 8 bytes per value (no float128, no objects, which would need unpickling), and its shape
+    match ``size`` (a header claiming 2e13 values is refused, not allocated). Big-endian data is
+    converted to the machine's byte order. Returns a writable C-contiguous array in native byte order.
+    """
+    magic = handle.read(len(_NPY_MAGIC))
+    if magic != _NPY_MAGIC:
+        kind = "a .npz archive (zip)" if magic.startswith(b"PK") else "not a .npy array"
+        raise UsageError(f"{what} is {kind}; save one array with numpy.save")
+    try:
+        version = (handle.read(1)[0], handle.read(1)[0])
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        header_bytes = handle.tell()
+    except (ValueError, SyntaxError, TypeError, EOFError, IndexError) as exc:
+        raise UsageError(f"{what} has a damaged .npy header ({exc}); save it again with numpy.save") from None
+    if dtype.hasobject or dtype.kind not in kinds or dtype.itemsize > 8 or dtype.fields is not None:
+        wanted = "float16, float32 or float64" if kinds == "f" else "bool, integers or floats of at most 64 bits"
+        raise UsageError(f"{what} holds {dtype} values, which are not plain numbers of a supported kind; store "
+                         f"{wanted}")
+    count = math.prod(shape)
+    data_bytes = size - header_bytes
+    if count < 0 or count * dtype.itemsize != data_bytes:
+        raise UsageError(f"{what}: its header claims shape {shape} ({count * dtype.itemsize} bytes of data) but "
+                         f"the file holds {data_bytes}; the file is truncated or damaged")
+    flat = np.frombuffer(handle.read(data_bytes), dtype=dtype, count=count)
+    array = flat.reshape(shape, order="F" if fortran else "C")
+    return np.array(array, dtype=dtype.newbyteorder("="), order="C")  # a writable, native-order copy

@@ -21,8 +21,8 @@ from typing import Literal, Protocol, get_args
 
 from torch import Tensor, nn
 
-from diffcore.component import Component, describe
-from diffcore.errors import CompatibilityError
+from diffcore.component import Component, component_errors, describe
+from diffcore.errors import CompatibilityError, PluginError
 from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, require_linear_gaussian
 from diffcore.utils import bcast
 
@@ -119,6 +119,12 @@ def score_function(model: ScoreModel, process: ForwardProcess) -> ConditionalSco
     predicts: the one place a model's output becomes a score (samplers, guidance, objectives)."""
 
     def score(x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        return to_score(model(x, t, cond), model.output, x, t, process)
+        with component_errors(model, "computing its output"):
+            out = model(x, t, cond)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+            raise PluginError(f"model {model.name!r} ({type(model).__module__}) returned {got} for input of shape "
+                              f"{tuple(x.shape)}; a score model's output has its input's shape")
+        return to_score(out, model.output, x, t, process)
 
     return score

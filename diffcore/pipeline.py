@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffcore.component import check_compatible
-from diffcore.errors import UsageError
+from diffcore.component import check_compatible, component_errors
+from diffcore.errors import PluginError, UsageError
 from diffcore.guidance import Guidance
 from diffcore.model import ConditionalScoreFn, ScoreModel, score_function
 from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.registry import Registry, get_registry
-from diffcore.sampler import Callback, Sampler, SampleResult
+from diffcore.sampler import Callback, Sampler, SampleResult, check_result
 from diffcore.spec import PipelineSpecBase, load_spec
 
 
@@ -66,7 +66,7 @@ class Pipeline:
 
         def build(kind: str, item: Any) -> Any:
             params = dict(item.model_dump())
-            return registry.get(kind, params.pop("type"))(**params)
+            return registry.build(kind, params.pop("type"), **params)
 
         return cls(
             process=build("process", spec.process),  # type: ignore[attr-defined]
@@ -89,7 +89,8 @@ class Pipeline:
         """``(x, t, cond) -> score`` of the model, with every guidance applied in order."""
         fn = score_function(self.model, self.process)
         for g in self.guidance:
-            fn = g.guide(fn, self.process)
+            with component_errors(g, "wrapping the score"):
+                fn = _reported(g, g.guide(fn, self.process))
         return fn
 
     def score_fn(self, cond: Tensor | None = None) -> ScoreFn:
@@ -131,9 +132,13 @@ class Pipeline:
             else:
                 x_T = self.process.prior_sample(noise, self.shape, dtype=dtype)
             chunk_cond = cond[lo:hi].to(device) if cond is not None else None
-            with torch.no_grad():
+            with torch.no_grad(), component_errors(self.sampler, "sampling"):
                 result = self.sampler.sample(self.score_fn(chunk_cond), self.process, x_T, noise,
                                              callback=callback)
+            result = check_result(result, x_T, self.sampler)
+            if not bool(torch.isfinite(result.x).all()):
+                raise PluginError(f"sampler {self.sampler.name!r} returned NaN or Inf samples without raising "
+                                  "NonFiniteError; check the sampler")
             yield lo, result
 
     def sample(self, num: int, *, seed: int, **kwargs: Any) -> SampleResult:
@@ -143,6 +148,14 @@ class Pipeline:
         x = torch.cat([r.x for _, r in parts])
         steps = [r.steps for _, r in parts if r.steps is not None]
         return SampleResult(x=x, nfe=max(r.nfe for _, r in parts), steps=max(steps) if steps else None)
+
+
+def _reported(guidance: Guidance, fn: ConditionalScoreFn) -> ConditionalScoreFn:
+    """``fn`` with its failures reported as the guidance's (see :func:`component_errors`)."""
+    def guided(x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        with component_errors(guidance, "guiding the score"):
+            return fn(x, t, cond)
+    return guided
 
 
 def _model_device(model: ScoreModel) -> torch.device:

@@ -23,9 +23,16 @@ from typing import Any
 import pluggy
 
 from diffcore import hookspecs
-from diffcore.component import Component, Params
+from diffcore.component import Component, Params, component_errors
 from diffcore.data import Dataset
-from diffcore.entry_points import STRICT_ENV, describe_exception, distribution, entry_points, strict_from_env
+from diffcore.entry_points import (
+    PLUGIN_FAILURES,
+    STRICT_ENV,
+    describe_exception,
+    distribution,
+    entry_points,
+    strict_from_env,
+)
 from diffcore.errors import PluginError, RegistryError
 from diffcore.guidance import Guidance
 from diffcore.messages import closest_first, unknown_name_message
@@ -120,7 +127,7 @@ class Registry:
             info = PluginInfo(ep.name, *distribution(ep))
             try:
                 obj = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, not ours
+            except PLUGIN_FAILURES as exc:
                 self._fail(info, f"failed to import {ep.value!r}: {describe_exception(exc)}")
                 continue
             self.register_plugin(obj, ep.name, info=info)
@@ -139,7 +146,7 @@ class Registry:
             raise PluginError(f"a plugin named {name!r} is already registered; unregister it first")
         try:
             self.pm.register(plugin, name=name)
-        except Exception as exc:  # noqa: BLE001 - pluggy validation errors and duplicates
+        except PLUGIN_FAILURES as exc:
             self._fail(info, f"rejected by pluggy: {describe_exception(exc)}")
             return info
         others = [p for p in self.pm.get_plugins() if p is not plugin]
@@ -151,7 +158,7 @@ class Registry:
 
         try:
             caller(register=register)
-        except Exception as exc:  # noqa: BLE001 - the plugin's hook failed: keep nothing of it
+        except PLUGIN_FAILURES as exc:
             self.pm.unregister(plugin)
             self._fail(info, f"its diffcore_register hook raised {describe_exception(exc)}")
             return info
@@ -233,8 +240,11 @@ class Registry:
         return entries[name].cls
 
     def build(self, kind: str, name: str, **params: Any) -> Component:
-        """Instantiate a registered component with validated ``params``."""
-        return self.get(kind, name)(**params)
+        """Instantiate a registered component with validated ``params``; a failure of its
+        constructor is reported as the component's :class:`~diffcore.errors.PluginError`."""
+        cls = self.get(kind, name)
+        with component_errors(cls, "being built from its parameters"):
+            return cls(**params)
 
     def errors(self) -> list[str]:
         """Every plugin load error, in load order."""

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffcore.component import Component, check_compatible
-from diffcore.errors import NonFiniteError
+from diffcore.component import Component, check_compatible, component_errors, describe
+from diffcore.errors import NonFiniteError, PluginError
+from diffcore.messages import type_name
 from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, ScoreFn, require_linear_gaussian
 from diffcore.utils import bcast
@@ -41,6 +42,25 @@ class SampleResult:
     x: Tensor
     nfe: int
     steps: int | None
+
+
+def check_result(result: object, x_T: Tensor, sampler: Component) -> SampleResult:
+    """Check what a sampler returned where it crosses into core: a :class:`SampleResult` whose
+    samples have the start states' shape, dtype and device (a missing row or a broadcastable shape
+    would otherwise be written as if correct) and a non-negative NFE. Raises
+    :class:`~diffcore.errors.PluginError` naming the sampler."""
+    who = f"sampler {describe(sampler)} ({type(sampler).__module__})"
+    if not isinstance(result, SampleResult):
+        raise PluginError(f"{who} returned {type_name(result)}, not a diffcore.sampler.SampleResult")
+    x = result.x
+    if not isinstance(x, Tensor):
+        raise PluginError(f"{who} returned samples of type {type_name(x)}; they must be a torch.Tensor")
+    if x.shape != x_T.shape or x.dtype != x_T.dtype or x.device != x_T.device:
+        raise PluginError(f"{who} returned samples of shape {tuple(x.shape)}, {x.dtype} on {x.device} from start "
+                          f"states of shape {tuple(x_T.shape)}, {x_T.dtype} on {x_T.device}; they must match")
+    if not isinstance(result.nfe, int) or result.nfe < 0 or not (result.steps is None or isinstance(result.steps, int)):
+        raise PluginError(f"{who} reported nfe={result.nfe!r}, steps={result.steps!r}; expected counts (int)")
+    return result
 
 
 class CountedScore:
@@ -113,9 +133,15 @@ class Sampler(Component, abc.ABC):
         if noise.batch_size != x_T.shape[0]:
             raise ValueError(f"noise has {noise.batch_size} rows but x_T has {x_T.shape[0]}")
         counted = CountedScore(score_fn, callback)
-        x, steps = self.run(counted, process, x_T, noise, counted.on_step)
+        with component_errors(self, "sampling"):
+            out = self.run(counted, process, x_T, noise, counted.on_step)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise PluginError(f"sampler {describe(self)} ({type(self).__module__}): run() returned {type_name(out)}; "
+                              "it must return (samples, steps)")
+        x, steps = out
+        result = check_result(SampleResult(x=x, nfe=counted.nfe, steps=steps), x_T, self)
         check_finite(x, "the final samples", step=max(counted.step - 1, 0), t=process.t_min)
-        return SampleResult(x=x, nfe=counted.nfe, steps=steps)
+        return result
 
     @abc.abstractmethod
     def run(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource,

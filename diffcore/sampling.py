@@ -24,10 +24,10 @@ import torch
 from diffcore.distributed import World, current_world, default_batch_size, sample_chunks
 from diffcore.errors import UsageError
 from diffcore.inputs import load_npy, output_file
-from diffcore.utils import fsync_dir
 from diffcore.pipeline import Pipeline
 from diffcore.spec import PipelineSpecBase, apply_overrides, validate_spec
 from diffcore.training.checkpoint import load_ema_weights, spec_or_checkpoint
+from diffcore.utils import fsync_dir
 
 
 def load_for_sampling(path: Path, *, sampler: str | None = None, steps: int | None = None,

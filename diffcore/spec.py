@@ -130,40 +130,30 @@ def json_schema(registry: Registry | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Yaml12Resolver(yaml.resolver.BaseResolver):
-    """The YAML 1.2 core schema's plain scalars (PyYAML implements YAML 1.1).
+class _SafeLoader(yaml.SafeLoader):
+    """A safe loader (no tags that build Python objects) reading the YAML 1.2 core schema, rejecting
+    duplicate keys (plain PyYAML keeps the last silently) and overlong integers.
 
-    Differences that matter in a spec: ``017`` is 17, not 15 (octal is ``0o17``); ``1:30`` is a
-    string, not 90; ``yes``/``no``/``on``/``off`` are strings, only ``true``/``false`` are booleans;
-    ``1_000`` and dates are strings; ``1e-5`` is a float (1.1 needs a dot: ``1.0e-5``).
+    PyYAML implements YAML 1.1; the differences that matter in a spec: ``017`` is 17, not 15
+    (octal is ``0o17``); ``1:30`` is a string, not 90; ``yes``/``no``/``on``/``off`` are strings,
+    only ``true``/``false`` are booleans; ``1_000`` and dates are strings; ``1e-5`` is a float
+    (YAML 1.1 needs a dot: ``1.0e-5``).
     """
 
-
-def _resolve(tag: str, pattern: str, first: str) -> None:
-    _Yaml12Resolver.add_implicit_resolver(f"tag:yaml.org,2002:{tag}", re.compile(pattern), list(first))
+    yaml_implicit_resolvers: dict[Any, Any] = {}  # noqa: RUF012 - filled below, not inherited from YAML 1.1
 
 
-_DIGITS = "-+0123456789"
-_resolve("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF")
-_resolve("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""])  # type: ignore[arg-type]
+def _resolve(tag: str, pattern: str, first: list[str]) -> None:
+    _SafeLoader.add_implicit_resolver(f"tag:yaml.org,2002:{tag}", re.compile(pattern), first)
+
+
+_DIGITS = list("-+0123456789")
+_resolve("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF"))
+_resolve("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""])
 _resolve("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", _DIGITS)
 _resolve("float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
-         r"|\.(?:nan|NaN|NAN))$", _DIGITS + ".")
-_resolve("merge", r"^(?:<<)$", "<")
-
-
-class _SafeLoader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser,  # type: ignore[misc]
-                  yaml.composer.Composer, yaml.constructor.SafeConstructor, _Yaml12Resolver):
-    """A safe loader (no tags that build Python objects) with the YAML 1.2 core schema, rejecting
-    duplicate keys (plain PyYAML keeps the last silently) and overlong integers."""
-
-    def __init__(self, stream: str) -> None:
-        yaml.reader.Reader.__init__(self, stream)
-        yaml.scanner.Scanner.__init__(self)
-        yaml.parser.Parser.__init__(self)
-        yaml.composer.Composer.__init__(self)
-        yaml.constructor.SafeConstructor.__init__(self)
-        _Yaml12Resolver.__init__(self)
+         r"|\.(?:nan|NaN|NAN))$", [*_DIGITS, "."])
+_resolve("merge", r"^(?:<<)$", ["<"])
 
 
 def _line(node: yaml.Node) -> str:

@@ -17,6 +17,8 @@ from torch import Tensor
 
 from diffcore.data import DataParams
 from diffcore.errors import UsageError
+from diffcore.inputs import load_npy, load_npz, read_bytes
+from diffcore.limits import MAX_ARRAY_BYTES
 from diffcore_data._cached import CachedDataset
 
 SUFFIXES = (".npy", ".npz", ".safetensors")
@@ -29,7 +31,6 @@ class ArrayParams(DataParams):
     labels_key: str | None = Field(None, description="Key of integer labels (N,) in a .npz or .safetensors file.")
     bin_width: PositiveFloat | None = Field(None, description="Spacing of the values of discrete data, in raw "
                                             "units (e.g. 1 for 8-bit pixels); needed by dequantize.")
-
 
 
 class ArrayDataset(CachedDataset):
@@ -49,7 +50,7 @@ class ArrayDataset(CachedDataset):
     def load(self) -> tuple[Tensor, Tensor | None]:
         p = self.params
         path = Path(p.path).expanduser()
-        if not path.is_file():
+        if not path.exists():
             where = f" (resolved to {path.resolve()})" if not path.is_absolute() else ""
             raise UsageError(f"dataset 'array': no such file {p.path!r}{where}")
         suffix = path.suffix.lower()
@@ -68,35 +69,25 @@ class ArrayDataset(CachedDataset):
 
 
 def _read(path: Path, suffix: str, key: str, labels_key: str | None) -> tuple[Any, Any]:
-    """The raw data and labels (numpy arrays or tensors) of the file."""
+    """The raw data and labels (numpy arrays or tensors) of the file, read through diffcore's bounded
+    readers: a regular file only, headers checked before any data is read, nothing unpickled."""
     keys = [key] + ([labels_key] if labels_key is not None else [])
-    try:
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False), None
-        if suffix == ".npz":
-            npz = np.load(path, allow_pickle=False)
-            if not isinstance(npz, np.lib.npyio.NpzFile):  # a .npy file named .npz
-                raise UsageError(f"dataset 'array': {str(path)!r} is a .npy array, not a .npz archive; "
-                                 "rename it to .npy")
-            with npz:
-                _check_keys(path, keys, list(npz.files))
-                got = [npz[k] for k in keys]
-        else:
-            from safetensors import safe_open
+    what = "dataset 'array':"
+    if suffix == ".npy":
+        return load_npy(path, what=what, kinds="biuf"), None
+    if suffix == ".npz":
+        got = load_npz(path, keys, what=what)
+    else:
+        from safetensors.torch import load
 
-            with safe_open(str(path), framework="pt") as f:
-                _check_keys(path, keys, list(f.keys()))
-                got = [f.get_tensor(k) for k in keys]
-    except UsageError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise UsageError(f"dataset 'array': {str(path)!r} holds pickled (object) data, which is never loaded "
-                             "(it could run arbitrary code); save plain numeric arrays instead") from None
-        raise UsageError(f"dataset 'array': cannot read {str(path)!r}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - corrupt files raise assorted errors (zipfile, safetensors, OSError)
-        raise UsageError(f"dataset 'array': cannot read {str(path)!r} as {suffix}: "
-                         f"{type(exc).__name__}: {exc}") from None
+        raw = read_bytes(path, what=what, limit=MAX_ARRAY_BYTES)
+        try:
+            tensors = load(raw)
+        except Exception as exc:  # noqa: BLE001 - a damaged file raises the library's own errors
+            raise UsageError(f"dataset 'array': cannot read {str(path)!r} as .safetensors: "
+                             f"{type(exc).__name__}: {exc}") from None
+        _check_keys(path, keys, list(tensors))
+        got = [tensors[k] for k in keys]
     return got[0], (got[1] if labels_key is not None else None)
 
 
