@@ -232,6 +232,10 @@ def test_out_holding_another_run_is_refused(trained: tuple[Path, Path], tmp_path
     code, _, err = cli(capsys, "train", str(spec), "--resume", str(run), "--out", str(other), *CPU)
     assert code == 2 and "already holds the checkpoints of another run" in err, err
     assert latest_checkpoint(run).name == "step-00000008" and latest_checkpoint(other).name == "step-00000004"
+    code, _, err = cli(capsys, "train", str(spec), "--resume", str(run), "--out", str(run / "step-00000004"), *CPU)
+    assert code == 2 and "is a checkpoint folder, not a run directory" in err, err
+    assert sorted(p.name for p in (run / "step-00000004").iterdir()) == [
+        "checksums.json", "ema.safetensors", "model.safetensors", "state.safetensors"]
 
 
 # -- 3. the positional spec with --resume -------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from diffcore.errors import UsageError
 from diffcore.model import to_score
 from diffcore.testing.conformance import REFERENCE_MIXTURE, sample_mixture
 from diffcore.training import TrainConfig, Trainer, fit
+from diffcore.training.checkpoint import latest_checkpoint, load_checkpoint
 from diffcore_models import GaussianMixture
 
 REGISTRY = get_registry()
@@ -101,6 +103,32 @@ def test_fp16_with_gradient_scaling_trains_on_cuda() -> None:
                  TrainConfig(steps=150, batch_size=256, lr=3e-3, warmup=20, precision="fp16"))
     losses = torch.tensor(result.losses)
     assert torch.isfinite(losses).all() and losses[-30:].mean() < 0.6 * losses[:30].mean(), losses
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_skips_a_nan_loss_and_checkpoints_the_cuda_random_state(tmp_path: Path) -> None:
+    """With fp16 the gradient scaler handles Inf gradients; a NaN loss (a NaN row in the data) is
+    still caught and, with ``nonfinite: skip``, skipped; the CUDA random state is saved and restored."""
+    data = sample_mixture(REFERENCE_MIXTURE, 256, torch.Generator().manual_seed(0)).float()
+    data[7] = math.nan
+    cfg = TrainConfig(steps=30, batch_size=32, lr=1e-3, warmup=5, precision="fp16", nonfinite="skip")
+
+    def trainer() -> Trainer:
+        torch.manual_seed(0)
+        return Trainer(REGISTRY.build("model", "mlp", shape=[2], hidden=32).cuda(), REGISTRY.build("objective", "dsm"),
+                       REGISTRY.build("process", "vp"), data.cuda(), cfg)  # type: ignore[arg-type]
+
+    first = trainer()
+    first.run(run_dir=tmp_path / "run")
+    assert first.skipped >= 3 and len(first.losses) == 30 - first.skipped  # 3 batches hold row 7
+    assert all(bool(p.isfinite().all()) for p in first.model.parameters())
+    state = load_checkpoint(latest_checkpoint(tmp_path / "run"))[0]["state"]
+    assert "rng.cuda.0" in state and state["rng.cuda.0"].dtype == torch.uint8
+    expected = torch.cuda.get_rng_state()
+    again = trainer()
+    torch.cuda.manual_seed(123)
+    again.load(tmp_path / "run")
+    assert again.skipped == first.skipped and torch.equal(torch.cuda.get_rng_state(), expected)
 
 
 def test_ema_follows_the_warmed_up_recursion() -> None:

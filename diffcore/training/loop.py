@@ -164,9 +164,9 @@ class Trainer:
         return loss_mean
 
     def _gradient_norm(self) -> Tensor | None:
-        """The global 2-norm of the gradients (clipped to ``train.grad_clip`` when set), computed after
-        DDP's all-reduce so it is the same on every rank; ``None`` with fp16, whose gradient scaler
-        already skips steps with Inf gradients (and lowers its scale)."""
+        """The global 2-norm of the gradients (before they are clipped to ``train.grad_clip``, when
+        set), computed after DDP's all-reduce so it is the same on every rank; ``None`` with fp16,
+        whose gradient scaler already skips steps with Inf gradients (and lowers its scale)."""
         cfg = self.config
         if cfg.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self._parameters, cfg.grad_clip)
@@ -418,11 +418,11 @@ def checked_rng_restore(file: Path, tensors: Mapping[str, Tensor], meta: Any) ->
             or not (python_meta["gauss_next"] is None or type(python_meta["gauss_next"]) is float)):
         raise refuse("of Python (`rng.python`) is not what random.getstate() gives")
     expected = {k: current[k] for k in ("rng.torch", "rng.numpy", "rng.python")}
-    expected.update({f"rng.cuda.{i}": torch.empty(0) for i in range(n_cuda)})
+    cuda_state = current.get("rng.cuda.0", torch.empty(16, dtype=torch.uint8))  # Philox: seed and offset
+    expected.update({f"rng.cuda.{i}": cuda_state for i in range(n_cuda)})
     got = {k: v for k, v in tensors.items() if k.startswith("rng.")}
     for key, value in expected.items():
-        if key not in got or (not key.startswith("rng.cuda.") and (
-                got[key].shape != value.shape or got[key].dtype != value.dtype)):
+        if key not in got or got[key].shape != value.shape or got[key].dtype != value.dtype:
             raise refuse(f"tensor `{key}` is missing or not {value.dtype} of shape {list(value.shape)}")
     if set(got) - set(expected):
         raise refuse(f"has unexpected tensors {sorted(set(got) - set(expected))}")

@@ -34,6 +34,7 @@ from diffcore.registry import Registry, get_registry
 from diffcore.spec import PipelineSpecBase, apply_overrides, load_spec, validate_spec
 from diffcore.training.checkpoint import (
     holds_checkpoints,
+    is_checkpoint,
     latest_checkpoint,
     run_dir_of,
     saved_spec_source,
@@ -189,6 +190,9 @@ def check_out_dir(out: Path, resume: Path | None) -> None:
     """Refuse to write a run into ``out`` when it holds the checkpoints of another run: a new run
     (no ``resume``) would replace them step by step and move ``latest`` back, and a run resumed from
     elsewhere would mix two runs' checkpoints. Resuming a run into its own directory is fine."""
+    if is_checkpoint(out):
+        raise UsageError(f"--out {out} is a checkpoint folder, not a run directory: checkpoints would be written "
+                         f"inside it. Resume it with `--resume {out}` (into {out.parent}), or give a new --out")
     if not holds_checkpoints(out):
         return
     if resume is not None and os.path.realpath(run_dir_of(latest_checkpoint(resume))) == os.path.realpath(out):
