@@ -463,6 +463,43 @@ def test_an_interrupted_checkpoint_write_leaves_no_temporary_folder(tmp_path: Pa
     assert latest_checkpoint(run).name == "step-00000002"
 
 
+SLOW_WRITE = textwrap.dedent("""
+    import sys, time, pathlib
+    from diffcore.training import checkpoint
+    gate, real, calls = pathlib.Path(sys.argv[1]), checkpoint.write_file, []
+    def slow_write_file(path, data):
+        real(path, data)
+        calls.append(path)
+        if len(calls) == 5:  # the first file of the second checkpoint is written: wait to be stopped
+            (gate / "writing").touch()
+            time.sleep(300)
+    checkpoint.write_file = slow_write_file
+    from diffcore.cli import main
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+def test_sigterm_during_a_checkpoint_write_leaves_no_temporary_folder(tmp_path: Path) -> None:
+    """``diffcore train`` stopped by SIGTERM in the middle of a checkpoint write removes the temporary
+    folder and the lock; ``latest`` still names the previous, complete checkpoint."""
+    spec, run = write_spec(tmp_path), tmp_path / "run"
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_WRITE)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), "train", str(spec), "--out", str(run),
+                             "--checkpoint-every", "4", *CPU], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    try:
+        wait_for(tmp_path / "writing", proc)
+        assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == [f".step-00000008.{proc.pid}.tmp"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped by SIGTERM" in stderr
+    assert sorted(p.name for p in run.iterdir()) == ["latest", "step-00000004"]
+    load_checkpoint(latest_checkpoint(run))
+
+
 def test_stale_temporaries_are_swept_when_the_lock_is_taken(trained: tuple[Path, Path]) -> None:
     _, run = trained
     (run / ".step-00000012.4242.tmp").mkdir()
