@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         RegistryError,
         SamplingError,
         SpecError,
+        TrainingError,
         UsageError,
     )
     from diffcore.guidance import Guidance
@@ -53,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "RegistryError": "diffcore.errors",
     "SamplingError": "diffcore.errors",
     "SpecError": "diffcore.errors",
+    "TrainingError": "diffcore.errors",
     "UsageError": "diffcore.errors",
     "Guidance": "diffcore.guidance",
     "hookimpl": "diffcore.hookspecs",
@@ -106,6 +108,7 @@ __all__ = [
     "SamplingError",
     "ScoreModel",
     "SpecError",
+    "TrainingError",
     "UsageError",
     "__version__",
     "get_registry",

@@ -273,10 +273,15 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from diffcore.pipeline import Pipeline
+    from diffcore.registry import get_registry
 
     pipe = Pipeline.from_spec(args.spec, args.overrides)
     print(f"{args.spec}: ok (process {pipe.process.name}, model {pipe.model.name}, sampler "
           f"{pipe.sampler.name}, shape {list(pipe.shape)})")
+    errors = get_registry().errors()
+    if errors:  # the spec did not need the broken plugins, but the user should know they are broken
+        print(f"diffcore: warning: {len(errors)} plugin error(s); `diffcore plugins` lists them: {errors[0]}",
+              file=sys.stderr)
     return 0
 
 

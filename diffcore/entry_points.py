@@ -53,4 +53,5 @@ def describe_exception(exc: BaseException) -> str:
     """``RuntimeError: message at file.py:12``: an exception and where it was raised, for plugin errors."""
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" at {last[0].filename}:{last[0].lineno}" if last else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    text = str(exc)
+    return f"{type(exc).__name__}{': ' + text if text else ''}{where}"

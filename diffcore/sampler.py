@@ -54,7 +54,7 @@ def check_result(result: object, x_T: Tensor, sampler: Component) -> SampleResul
         raise PluginError(f"{who} returned {type_name(result)}, not a diffcore.sampler.SampleResult")
     x = result.x
     if not isinstance(x, Tensor):
-        raise PluginError(f"{who} returned samples of type {type_name(x)}; they must be a torch.Tensor")
+        raise PluginError(f"{who} returned {type_name(x)} as samples; they must be a torch.Tensor")
     if x.shape != x_T.shape or x.dtype != x_T.dtype or x.device != x_T.device:
         raise PluginError(f"{who} returned samples of shape {tuple(x.shape)}, {x.dtype} on {x.device} from start "
                           f"states of shape {tuple(x_T.shape)}, {x_T.dtype} on {x_T.device}; they must match")
@@ -140,7 +140,7 @@ class Sampler(Component, abc.ABC):
                               "it must return (samples, steps)")
         x, steps = out
         result = check_result(SampleResult(x=x, nfe=counted.nfe, steps=steps), x_T, self)
-        check_finite(x, "the final samples", step=max(counted.step - 1, 0), t=process.t_min)
+        check_finite(x, f"the final samples of sampler {self.name!r}", step=max(counted.step - 1, 0), t=process.t_min)
         return result
 
     @abc.abstractmethod

@@ -26,7 +26,7 @@ from diffcore.errors import UsageError
 from diffcore.inputs import load_npy, output_file
 from diffcore.pipeline import Pipeline
 from diffcore.spec import PipelineSpecBase, apply_overrides, validate_spec
-from diffcore.training.checkpoint import load_ema_weights, spec_or_checkpoint
+from diffcore.training.checkpoint import load_ema_weights, saved_spec_source, spec_or_checkpoint
 from diffcore.utils import fsync_dir
 
 
@@ -43,7 +43,8 @@ def load_for_sampling(path: Path, *, sampler: str | None = None, steps: int | No
         if not isinstance(data.get("sampler"), dict):
             raise UsageError("--steps needs a sampler mapping in the spec")
         data["sampler"]["steps"] = steps
-    spec = validate_spec(apply_overrides(data, overrides), source=str(path))
+    source = saved_spec_source(checkpoint) if checkpoint is not None else str(path)
+    spec = validate_spec(apply_overrides(data, overrides), source=source)
     pipe = Pipeline.from_spec(spec)
     if checkpoint is not None:
         load_ema_weights(pipe.model, checkpoint)

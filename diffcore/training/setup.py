@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffcore.component import component_errors
 from diffcore.data import Dataset
 from diffcore.devices import resolve_device
 from diffcore.distributed import World
@@ -93,7 +94,12 @@ def setup_training(spec: str | Path | Mapping[str, Any] | PipelineSpecBase, *,
         built = registry.build("dataset", data_type, **data_params)
         assert isinstance(built, Dataset)
         dataset = built
-    x, labels = dataset.split("train")
+    with component_errors(dataset, "loading its training split"):
+        x, labels = dataset.split("train")
+    if tuple(x.shape[1:]) != tuple(pipe.shape):
+        raise UsageError(f"{source or '<spec>'}: dataset {dataset.name!r} gives samples of shape {list(x.shape[1:])} "
+                         f"but the model's samples have shape {list(pipe.shape)}; set the model's shape (or the "
+                         f"spec's `shape`) to {list(x.shape[1:])}, or choose data of that shape")
     use_labels = labels is not None and pipe.model.conditional
     if use_labels and labels is not None:
         check_labels(labels, pipe.model.null_label, source or "<spec>")

@@ -75,8 +75,9 @@ def _read(path: Path, suffix: str, key: str, labels_key: str | None) -> tuple[An
     what = "dataset 'array':"
     if suffix == ".npy":
         return load_npy(path, what=what, kinds="biuf"), None
+    got: list[Any]
     if suffix == ".npz":
-        got = load_npz(path, keys, what=what)
+        got = list(load_npz(path, keys, what=what))
     else:
         from safetensors.torch import load
 
