@@ -19,10 +19,11 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from diffcore.commands import bounded_int
 from diffcore.entry_points import DEBUG_ENV
 from diffcore.errors import DiffcoreError, UsageError
 from diffcore.limits import MAX_SAMPLES, MAX_STEPS
@@ -119,24 +120,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}; see `{self.prog} --help`")
-
-
-def bounded_int(low: int, high: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer in ``[low, high]`` (a 4000-digit one is refused before it is
-    converted)."""
-    def parse(text: str) -> int:
-        digits = text.strip().lstrip("+-")
-        if not digits.isdigit() or len(digits) > len(str(high)) + 1:
-            if digits.isdigit():
-                shown = text if len(text) <= 24 else f"{text[:24]}... ({len(digits)} digits)"
-                raise argparse.ArgumentTypeError(f"{shown} is out of range: use {low} to {high}")
-            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer")
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low} to {high}")
-        return value
-    parse.__name__ = "integer"  # argparse names the type in its messages
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

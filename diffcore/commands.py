@@ -12,6 +12,7 @@ This module imports neither torch nor the component registry: it runs for ``diff
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,27 @@ def add_commands(subparsers: Subparsers[argparse.ArgumentParser], plugin: object
         return info
     info.commands = [name for name in subparsers.choices if name not in before]
     return info
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]`` (a 4000-digit one is refused before it is
+    converted). For every integer option of the built-in commands and of command plugins::
+
+        parser.add_argument("--steps", type=bounded_int(1, MAX_STEPS))
+    """
+    def parse(text: str) -> int:
+        digits = text.strip().lstrip("+-")
+        if not digits.isdigit() or len(digits) > len(str(high)) + 1:
+            if digits.isdigit():
+                shown = text if len(text) <= 24 else f"{text[:24]}... ({len(digits)} digits)"
+                raise argparse.ArgumentTypeError(f"{shown} is out of range: use {low} to {high}")
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer")
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low} to {high}")
+        return value
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
 
 
 def as_rows(plugins: list[CommandPlugin]) -> list[dict[str, Any]]:

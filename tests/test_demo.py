@@ -145,10 +145,11 @@ def test_demo_refuses_unknown_and_non_2d_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "expected"), [
-    (["--steps", "0"], "--steps must be positive"),
-    (["--num", "1"], "--num must be at least 2"),
-    (["--seed", "-1"], "--seed"),
-    (["--threads", "0"], "--threads must be positive"),
+    (["--steps", "0"], "argument --steps: 0 is out of range: use 1 to 1000000"),
+    (["--num", "1"], "argument --num: 1 is out of range: use 2 to 100000"),
+    (["--num", "10000000"], "argument --num: 10000000 is out of range"),
+    (["--seed", "-1"], "argument --seed: -1 is out of range"),
+    (["--threads", "0"], "argument --threads: 0 is out of range: use 1 to 1024"),
     (["--set", "train.lr=-1"], "`train.lr`"),
     (["--set", "model.hiden=64"], "did you mean 'hidden'"),
 ])

@@ -10,9 +10,13 @@ import argparse
 from pathlib import Path
 
 from diffcore import hookimpl
+from diffcore.commands import bounded_int
+from diffcore.limits import MAX_STEPS
 
 DEFAULT_NUM = 5000
 """Samples drawn with each sampler."""
+MAX_DEMO_SAMPLES = 100_000
+"""Most samples per sampler: the energy distance costs O(num^2)."""
 
 DEFAULT_THREADS = 1
 """CPU threads of torch during the demo. Measured on 2 shared cores under load: a training step took
@@ -37,12 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder: run/ checkpoints, PNGs and report (default: demo-out)")
     parser.add_argument("--data", help="a registered 2-D data set in place of moons: moons, swiss_roll, "
                         "checkerboard, rings or gmm_samples (its other data settings are kept)")
-    parser.add_argument("--steps", type=int, help=f"training steps (default {SPEC_STEPS})")
-    parser.add_argument("--num", type=int, default=DEFAULT_NUM,
-                        help=f"samples drawn with each sampler (default {DEFAULT_NUM})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")
+    parser.add_argument("--steps", type=bounded_int(1, MAX_STEPS), help=f"training steps (default {SPEC_STEPS})")
+    parser.add_argument("--num", type=bounded_int(2, MAX_DEMO_SAMPLES), default=DEFAULT_NUM,
+                        help=f"samples drawn with each sampler (default {DEFAULT_NUM}; the energy distance "
+                        "compares sample sets, so at least 2)")
+    parser.add_argument("--seed", type=bounded_int(0, 2**63 - 1), default=0,
+                        help="seed of training and sampling (default 0)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+    parser.add_argument("--threads", type=bounded_int(1, 1024), default=DEFAULT_THREADS,
                         help=f"CPU threads of torch (default {DEFAULT_THREADS}: the small MLP gains little from "
                         "more, and multi-threaded torch slows down many times on busy cores)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
