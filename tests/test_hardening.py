@@ -370,3 +370,24 @@ def test_default_chunks_bound_memory() -> None:
     assert default_batch_size(1000, (2,), world) == 1000
     assert default_batch_size(10**9, (3, 64, 64), world) == MAX_CHUNK_VALUES // (3 * 64 * 64)
     assert default_batch_size(10, (1 << 24,), World(0, 4, torch.device("cpu"))) == 1
+
+
+def test_another_rank_failing_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Under torchrun, when rank 0 stops (and says why), the other ranks lose their connection: they
+    say so in one line instead of printing a traceback."""
+    import torch.distributed as dist
+
+    import diffcore.cli
+
+    def lost(args: object) -> int:
+        raise dist.DistBackendError("[gloo] Connection closed by peer [127.0.0.1]:29500\nmore detail")
+
+    monkeypatch.setattr(diffcore.cli, "cmd_validate", lost)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    err = refused(capsys, "validate", str(EXAMPLE), expect="rank 1 stopped because another process of the run failed")
+    assert "Connection closed by peer" in err
+    monkeypatch.setenv("RANK", "0")  # rank 0 has no one to blame: a genuine error stays visible
+    with pytest.raises(dist.DistBackendError):
+        main(["validate", str(EXAMPLE)])
