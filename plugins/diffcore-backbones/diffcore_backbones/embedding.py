@@ -71,3 +71,17 @@ def embed(time: TimeEmbedding, classes: ClassEmbedding | None, t: Tensor, cond: 
             raise ValueError("this model is unconditional (num_classes is not set) but a cond was given")
         return emb
     return emb + classes(cond, batch, device)
+
+
+def linear_parameters(fan_in: int, fan_out: int) -> int:
+    """Weights and biases of ``nn.Linear(fan_in, fan_out)``."""
+    return fan_in * fan_out + fan_out
+
+
+def embedding_parameters(dim: int, features: int | None, num_classes: int | None) -> int:
+    """Parameters of :class:`TimeEmbedding` ``(dim, features=features)`` plus, when ``num_classes`` is
+    set, :class:`ClassEmbedding` ``(num_classes, dim)``: what :func:`embed` uses."""
+    half = max(1, (features or dim) // 2)
+    count = linear_parameters(2 * half, dim) + linear_parameters(dim, dim)
+    return count + ((num_classes + 1) * dim if num_classes else 0)
+

@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 from einops import rearrange
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from diffcore.component import Params
+from diffcore.limits import MAX_PARAMETERS, Classes, Depth, EventShape, Width, check_total
 from diffcore.model import ScoreModel
-from diffcore_backbones.embedding import ClassEmbedding, TimeEmbedding, embed
+from diffcore_backbones.embedding import ClassEmbedding, TimeEmbedding, embed, embedding_parameters, linear_parameters
 
 
 class MLPParams(Params):
-    shape: list[int] = Field(min_length=1, description="Shape of one sample, e.g. [2].")
-    hidden: int = Field(256, gt=0, description="Width of the hidden layers.")
-    depth: int = Field(3, ge=1, description="Number of hidden layers.")
-    embedding_dim: int = Field(128, gt=0, multiple_of=2, description="Width of the time (and class) embedding.")
+    shape: EventShape = Field(description="Shape of one sample, e.g. [2].")
+    hidden: Width = Field(256, description="Width of the hidden layers.")
+    depth: Depth = Field(3, description="Number of hidden layers.")
+    embedding_dim: Width = Field(128, multiple_of=2, description="Width of the time (and class) embedding.")
     time_embedding: Literal["fourier", "sinusoidal"] = Field("fourier", description="Time features.")
     fourier_scale: float = Field(16.0, gt=0, description="Std of the random Fourier frequencies.")
-    num_classes: int | None = Field(None, gt=0, description="Classes for conditioning (plus a null label).")
+    num_classes: Classes | None = Field(None, description="Classes for conditioning (plus a null label).")
     output: Literal["score", "eps", "x0", "v"] = Field("eps", description="What the network predicts.")
+
+    @model_validator(mode="after")
+    def _size(self) -> MLPParams:
+        check_total("the number of parameters", parameter_count(self), MAX_PARAMETERS,
+                    "lower hidden, depth, embedding_dim or num_classes")
+        return self
+
+
+def parameter_count(p: MLPParams) -> int:
+    """Trainable parameters of :class:`MLP` with ``p``, from the layer sizes (nothing is allocated)."""
+    dim = math.prod(p.shape)
+    layers = linear_parameters(dim + p.embedding_dim, p.hidden) + linear_parameters(p.hidden, dim)
+    layers += (p.depth - 1) * linear_parameters(p.hidden, p.hidden)
+    return layers + embedding_parameters(p.embedding_dim, None, p.num_classes)
 
 
 class MLP(ScoreModel):

@@ -13,29 +13,49 @@ at zero, so the untrained network outputs 0 (the eps of a standard normal, on av
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 from einops import rearrange
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from diffcore.component import Params
+from diffcore.limits import MAX_PARAMETERS, MAX_WIDTH, Classes, Depth, EventShape, Width, check_total
 from diffcore.model import ScoreModel
-from diffcore_backbones.embedding import ClassEmbedding, TimeEmbedding, embed
+from diffcore_backbones.embedding import ClassEmbedding, TimeEmbedding, embed, embedding_parameters, linear_parameters
 
 
 class ResMLPParams(Params):
-    shape: list[int] = Field(min_length=1, description="Shape of one sample, e.g. [2] or [1, 8, 8].")
-    hidden: int = Field(512, gt=0, description="Width of the residual stream.")
-    blocks: int = Field(4, ge=1, description="Number of residual blocks.")
-    expansion: int = Field(2, ge=1, description="Inner width of a block as a multiple of hidden.")
-    embedding_dim: int = Field(128, gt=0, multiple_of=2, description="Width of the time (and class) embedding.")
+    shape: EventShape = Field(description="Shape of one sample, e.g. [2] or [1, 8, 8].")
+    hidden: Width = Field(512, description="Width of the residual stream.")
+    blocks: Depth = Field(4, description="Number of residual blocks.")
+    expansion: Width = Field(2, description="Inner width of a block as a multiple of hidden.")
+    embedding_dim: Width = Field(128, multiple_of=2, description="Width of the time (and class) embedding.")
     time_embedding: Literal["fourier", "sinusoidal"] = Field("fourier", description="Time features.")
     fourier_scale: float = Field(16.0, gt=0, description="Std of the random Fourier frequencies.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the blocks.")
-    num_classes: int | None = Field(None, gt=0, description="Classes for conditioning (plus a null label).")
+    num_classes: Classes | None = Field(None, description="Classes for conditioning (plus a null label).")
     output: Literal["score", "eps", "x0", "v"] = Field("eps", description="What the network predicts.")
+
+    @model_validator(mode="after")
+    def _size(self) -> ResMLPParams:
+        check_total("hidden x expansion (the inner width of a block)", self.hidden * self.expansion, MAX_WIDTH,
+                    "lower hidden or expansion")
+        check_total("the number of parameters", parameter_count(self), MAX_PARAMETERS,
+                    "lower hidden, blocks, expansion, embedding_dim or num_classes")
+        return self
+
+
+def parameter_count(p: ResMLPParams) -> int:
+    """Trainable parameters of :class:`ResMLP` with ``p``, from the layer sizes (nothing is allocated)."""
+    dim, hidden, emb = math.prod(p.shape), p.hidden, p.embedding_dim
+    inner = p.expansion * hidden
+    block = linear_parameters(emb, 2 * hidden) + linear_parameters(hidden, inner) + linear_parameters(inner, hidden)
+    head = 2 * hidden + linear_parameters(hidden, dim)  # LayerNorm (affine) and the output layer
+    return (embedding_parameters(emb, None, p.num_classes) + linear_parameters(emb, emb)
+            + linear_parameters(dim, hidden) + p.blocks * block + head)
 
 
 class ResidualBlock(nn.Module):

@@ -18,7 +18,7 @@ self-attention over the ``H W`` positions via :func:`torch.nn.functional.scaled_
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,31 +27,47 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from diffcore.component import Params
+from diffcore.limits import (
+    MAX_DEPTH,
+    MAX_EVENT_VALUES,
+    MAX_PARAMETERS,
+    MAX_WIDTH,
+    Classes,
+    Depth,
+    Width,
+    check_total,
+)
 from diffcore.model import ScoreModel
-from diffcore_backbones.embedding import ClassEmbedding, TimeEmbedding, embed
+from diffcore_backbones.embedding import ClassEmbedding, TimeEmbedding, embed, embedding_parameters, linear_parameters
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
+MAX_IMAGE_SIZE = math.isqrt(MAX_EVENT_VALUES)
+"""Largest ``image_size``: one channel of that size holds :data:`~diffcore.limits.MAX_EVENT_VALUES` values."""
+MAX_LEVELS = MAX_IMAGE_SIZE.bit_length()
+"""Most resolution levels: each after the first halves ``image_size``, which must stay divisible."""
 
 
 class UNetParams(Params):
     """Parameters of :class:`UNet`; ``image_size`` must be divisible by ``2**(len(channel_mults) - 1)``."""
 
-    in_channels: int = Field(1, gt=0, description="Image channels C.")
-    image_size: int = Field(8, gt=0, description="Height and width of the (square) images.")
-    channels: int = Field(64, gt=0, description="Base width of the network.")
-    channel_mults: list[int] = Field(
-        default_factory=lambda: [1, 2], min_length=1,
+    in_channels: Width = Field(1, description="Image channels C.")
+    image_size: int = Field(8, gt=0, le=MAX_IMAGE_SIZE, description="Height and width of the (square) images; "
+                            "in_channels x image_size^2 values in all, at most as many as a sample may hold.")
+    channels: Width = Field(64, description="Base width of the network.")
+    channel_mults: list[Annotated[int, Field(le=MAX_WIDTH)]] = Field(
+        default_factory=lambda: [1, 2], min_length=1, max_length=MAX_LEVELS,
         description="Width multiplier per resolution level; each level after the first halves the size.",
     )
-    num_res_blocks: int = Field(2, ge=1, description="ResBlocks per level on the way down.")
-    attention_resolutions: list[int] = Field(
-        default_factory=lambda: [4], description="Spatial sizes at which self-attention is applied.",
+    num_res_blocks: Depth = Field(2, description="ResBlocks per level on the way down.")
+    attention_resolutions: list[Annotated[int, Field(le=MAX_IMAGE_SIZE)]] = Field(
+        default_factory=lambda: [4], max_length=MAX_LEVELS, description="Spatial sizes at which self-attention "
+        "is applied.",
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the ResBlocks.")
-    num_classes: int | None = Field(None, gt=0, description="Classes for conditioning (plus a null label).")
+    num_classes: Classes | None = Field(None, description="Classes for conditioning (plus a null label).")
     output: Literal["score", "eps", "x0", "v"] = Field("eps", description="What the network predicts.")
-    embedding_dim: int | None = Field(
-        None, gt=0, description="Width of the time (and class) embedding; default 4 * channels.",
+    embedding_dim: Width | None = Field(
+        None, description="Width of the time (and class) embedding; default 4 * channels.",
     )
     time_embedding: Literal["fourier", "sinusoidal"] = Field(
         "sinusoidal", description="Time features: sinusoidal of 1000 t (DDPM) or random Fourier (NCSN++).",
@@ -60,8 +76,15 @@ class UNetParams(Params):
 
     @model_validator(mode="after")
     def _check(self) -> UNetParams:
+        check_total("in_channels x image_size^2 (the values of one image)", self.in_channels * self.image_size**2,
+                    MAX_EVENT_VALUES, "lower in_channels or image_size")
         if any(m <= 0 for m in self.channel_mults):
             raise ValueError(f"channel_mults must all be positive, got {self.channel_mults}")
+        check_total("channels x the largest of channel_mults (the widest layer)",
+                    self.channels * max(self.channel_mults), MAX_WIDTH, "lower channels or channel_mults")
+        check_total("the number of ResBlocks, len(channel_mults) x (2 num_res_blocks + 1) + 2",
+                    len(self.channel_mults) * (2 * self.num_res_blocks + 1) + 2, MAX_DEPTH,
+                    "lower num_res_blocks or use fewer channel_mults")
         factor = 2 ** (len(self.channel_mults) - 1)
         if self.image_size % factor:
             raise ValueError(
@@ -78,6 +101,10 @@ class UNetParams(Params):
             )
         if self.embedding_dim is not None and self.embedding_dim % 2:
             raise ValueError(f"embedding_dim must be even, got {self.embedding_dim}")
+        check_total("the width of the time embedding (embedding_dim, default 4 x channels)", self.emb_dim, MAX_WIDTH,
+                    "set embedding_dim or lower channels")
+        check_total("the number of parameters", parameter_count(self), MAX_PARAMETERS,
+                    "lower channels, channel_mults, num_res_blocks, embedding_dim or num_classes")
         return self
 
     @property
@@ -89,6 +116,51 @@ class UNetParams(Params):
     def emb_dim(self) -> int:
         """The embedding width actually used: ``embedding_dim`` or ``4 * channels``."""
         return self.embedding_dim if self.embedding_dim is not None else 4 * self.channels
+
+
+def _conv_parameters(cin: int, cout: int, kernel: int) -> int:
+    return cin * cout * kernel * kernel + cout
+
+
+def _res_block_parameters(cin: int, cout: int, emb_dim: int) -> int:
+    """Parameters of :class:`_ResBlock` ``(cin, cout, emb_dim)``: two GroupNorms, two 3x3 convolutions,
+    the FiLM layer and a 1x1 skip projection when the widths differ."""
+    skip = _conv_parameters(cin, cout, 1) if cin != cout else 0
+    return (2 * cin + _conv_parameters(cin, cout, 3) + linear_parameters(emb_dim, 2 * cout) + 2 * cout
+            + _conv_parameters(cout, cout, 3) + skip)
+
+
+def _attention_parameters(channels: int) -> int:
+    """Parameters of :class:`_Attention` ``(channels)``: a GroupNorm, the qkv and output 1x1 convolutions."""
+    return 2 * channels + _conv_parameters(channels, 3 * channels, 1) + _conv_parameters(channels, channels, 1)
+
+
+def parameter_count(p: UNetParams) -> int:
+    """Trainable parameters of :class:`UNet` with ``p``, walking the layout of ``UNet.__init__`` with
+    sizes only (nothing is allocated)."""
+    emb = p.emb_dim
+    widths = [p.channels * m for m in p.channel_mults]
+    total = embedding_parameters(emb, p.channels, p.num_classes) + _conv_parameters(p.in_channels, p.channels, 3)
+
+    def level(cin: int, cout: int, res: int) -> int:
+        return _res_block_parameters(cin, cout, emb) + (_attention_parameters(cout) if res in p.attention_resolutions
+                                                         else 0)
+
+    skips, cur = [p.channels], p.channels
+    for i, (res, width) in enumerate(zip(p.resolutions, widths, strict=True)):
+        for _ in range(p.num_res_blocks):
+            total, cur = total + level(cur, width, res), width
+            skips.append(cur)
+        if i < len(widths) - 1:
+            total += _conv_parameters(cur, cur, 3)
+            skips.append(cur)
+    total += 2 * _res_block_parameters(cur, cur, emb) + _attention_parameters(cur)
+    for i in reversed(range(len(widths))):
+        for _ in range(p.num_res_blocks + 1):
+            total, cur = total + level(cur + skips.pop(), widths[i], p.resolutions[i]), widths[i]
+        if i > 0:
+            total += _conv_parameters(cur, cur, 3)
+    return total + 2 * cur + _conv_parameters(cur, p.in_channels, 3)
 
 
 def _groups(channels: int) -> int:

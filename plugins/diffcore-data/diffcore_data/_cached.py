@@ -10,6 +10,8 @@ from pydantic import Field
 from torch import Tensor
 
 from diffcore.data import DataParams, Dataset
+from diffcore.errors import UsageError
+from diffcore.limits import MAX_DATASET_VALUES, Seed
 
 
 class CachedDataset(Dataset, abc.ABC):
@@ -24,6 +26,10 @@ class CachedDataset(Dataset, abc.ABC):
     def arrays(self) -> tuple[Tensor, Tensor | None]:
         if self._arrays is None:
             self._arrays = self.load()
+            if not bool(torch.isfinite(self._arrays[0]).all()):
+                self._arrays = None
+                raise UsageError(f"dataset {self.name!r}: the data holds values beyond float32 (Inf or NaN); "
+                                 "lower the parameters that scale it (noise, means, variances)")
         x, y = self._arrays
         return x.clone(), (y.clone() if y is not None else None)
 
@@ -33,8 +39,12 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-class SyntheticParams(DataParams):
-    """What every generated (synthetic) dataset takes: how many points and the seed of the draw."""
+MAX_POINTS_2D = MAX_DATASET_VALUES // 2
+"""Most points of a generated 2-D dataset (:data:`~diffcore.limits.MAX_DATASET_VALUES` values)."""
 
-    num: int = Field(10000, ge=1, description="Number of points.")
-    seed: int = Field(0, ge=0, description="Seed of the draw.")
+
+class SyntheticParams(DataParams):
+    """What every generated (synthetic, 2-D) dataset takes: how many points and the seed of the draw."""
+
+    num: int = Field(10000, ge=1, le=MAX_POINTS_2D, description="Number of points.")
+    seed: Seed = Field(0, description="Seed of the draw.")

@@ -9,17 +9,25 @@ dependency on ``diffcore-models``, declared in this distribution.
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from diffcore.data import DataParams
+from diffcore.limits import MAX_DATASET_VALUES, Seed, check_total
 from diffcore_data._cached import CachedDataset, generator
 from diffcore_models.gmm import GMMParams
 
 
 class GMMSamplesParams(GMMParams, DataParams):
-    num: int = Field(10000, ge=1, description="Number of draws.")
-    seed: int = Field(0, ge=0, description="Seed of the draw.")
+    num: int = Field(10000, ge=1, le=MAX_DATASET_VALUES, description="Number of draws; num x D values in all, "
+                     f"at most {MAX_DATASET_VALUES}.")
+    seed: Seed = Field(0, description="Seed of the draw.")
+
+    @model_validator(mode="after")
+    def _size(self) -> GMMSamplesParams:
+        check_total("num x D (the values of the dataset)", self.num * len(self.means[0]), MAX_DATASET_VALUES,
+                    "lower num")
+        return self
 
 
 
@@ -40,6 +48,7 @@ class GMMSamples(CachedDataset):
         w = torch.tensor(p.weights, dtype=torch.float64)
         means = torch.tensor(p.means, dtype=torch.float64)
         std = torch.tensor(p.variances, dtype=torch.float64).sqrt()
-        labels = torch.multinomial(w / w.sum(), p.num, replacement=True, generator=g)
+        probs = torch.softmax(w.log(), 0)  # not w / sum(w): the sum of large weights may overflow
+        labels = torch.multinomial(probs, p.num, replacement=True, generator=g)
         z = torch.randn(p.num, means.shape[1], generator=g, dtype=torch.float64)
         return (means[labels] + std[labels] * z).float(), labels.to(torch.int64)

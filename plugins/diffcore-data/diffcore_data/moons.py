@@ -8,11 +8,12 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from diffcore_data._cached import CachedDataset, SyntheticParams, generator
+from diffcore_data._cached import MAX_POINTS_2D, CachedDataset, SyntheticParams, generator
 
 
 class MoonsParams(SyntheticParams):
-    num: int = Field(10000, ge=1, description="Number of points (half on each moon, the first gets the odd one).")
+    num: int = Field(10000, ge=1, le=MAX_POINTS_2D, description="Number of points (half on each moon, the first "
+                     "gets the odd one).")
     noise: float = Field(0.05, ge=0.0, description="Standard deviation of the Gaussian noise added to each coordinate.")
 
 

@@ -8,13 +8,14 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from diffcore_data._cached import CachedDataset, SyntheticParams, generator
+from diffcore.limits import Classes
+from diffcore_data._cached import MAX_POINTS_2D, CachedDataset, SyntheticParams, generator
 
 
 class RingsParams(SyntheticParams):
-    num: int = Field(10000, ge=1, description="Number of points, split evenly over the rings (the inner ones "
-                     "get the remainder).")
-    num_rings: int = Field(3, ge=1, description="Number of rings; ring k (label k) has radius (k + 1) / num_rings.")
+    num: int = Field(10000, ge=1, le=MAX_POINTS_2D, description="Number of points, split evenly over the rings "
+                     "(the inner ones get the remainder).")
+    num_rings: Classes = Field(3, description="Number of rings; ring k (label k) has radius (k + 1) / num_rings.")
     noise: float = Field(0.02, ge=0.0, description="Standard deviation of the Gaussian noise added to each coordinate.")
 
 

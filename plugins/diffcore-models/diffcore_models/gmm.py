@@ -12,6 +12,7 @@ It is the ground truth every sampler, objective and likelihood routine is checke
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from einops import rearrange
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from diffcore.component import Params
 from diffcore.errors import CompatibilityError
+from diffcore.limits import MAX_COMPONENTS, MAX_EVENT_VALUES, check_total
 from diffcore.metrics import mode_weights
 from diffcore.model import ScoreModel
 from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, LinearGaussianProcess, require_linear_gaussian
@@ -27,11 +29,15 @@ from diffcore.utils import bcast
 
 
 class GMMParams(Params):
-    """``K`` components in ``D`` dimensions; weights are normalised to sum to one."""
+    """``K`` components (at most :data:`~diffcore.limits.MAX_COMPONENTS`) in ``D`` dimensions, ``K D`` at
+    most :data:`~diffcore.limits.MAX_EVENT_VALUES`; weights are normalised to sum to one."""
 
-    weights: list[PositiveFloat] = Field(min_length=1, description="K positive mixture weights.")
-    means: list[list[float]] = Field(min_length=1, description="K means of dimension D.")
-    variances: list[list[PositiveFloat]] = Field(min_length=1, description="K diagonal variances of dimension D.")
+    weights: list[PositiveFloat] = Field(min_length=1, max_length=MAX_COMPONENTS,
+                                         description="K positive mixture weights.")
+    means: list[Annotated[list[float], Field(max_length=MAX_EVENT_VALUES)]] = Field(
+        min_length=1, max_length=MAX_COMPONENTS, description="K means of dimension D.")
+    variances: list[Annotated[list[PositiveFloat], Field(max_length=MAX_EVENT_VALUES)]] = Field(
+        min_length=1, max_length=MAX_COMPONENTS, description="K diagonal variances of dimension D.")
 
     @model_validator(mode="after")
     def _shapes(self) -> GMMParams:
@@ -46,6 +52,8 @@ class GMMParams(Params):
             if len(m) != d or len(v) != d:
                 raise ValueError(f"component {i}: mean has {len(m)} and variance {len(v)} entries, "
                                  f"expected {d} (the dimension of component 0)")
+        check_total("components x dimension (the values of means)", k * d, MAX_EVENT_VALUES,
+                    "use fewer components or dimensions")
         return self
 
 
@@ -67,8 +75,8 @@ class GaussianMixture(ScoreModel):
 
     def __init__(self, params: GMMParams | None = None, /, **kwargs: object) -> None:
         super().__init__(params, **kwargs)
-        w = torch.tensor(self.params.weights, dtype=torch.float64)
-        self.register_buffer("log_weights", torch.log(w / w.sum()))
+        log_w = torch.log(torch.tensor(self.params.weights, dtype=torch.float64))
+        self.register_buffer("log_weights", log_w - torch.logsumexp(log_w, 0))  # no overflow of sum(w)
         self.register_buffer("means", torch.tensor(self.params.means, dtype=torch.float64))
         self.register_buffer("variances", torch.tensor(self.params.variances, dtype=torch.float64))
         self.event_shape = (self.dim,)

@@ -7,6 +7,7 @@ from pydantic import Field
 from torch import Tensor
 
 from diffcore.component import Params
+from diffcore.limits import Levels
 from diffcore.model import ScoreModel, to_score
 from diffcore.noise import NoiseSource
 from diffcore.objective import Objective
@@ -16,7 +17,7 @@ from diffcore_objectives.common import perturb, sum_event
 
 
 class NCSNParams(Params):
-    num_scales: int = Field(10, ge=2, description="L, the number of noise levels of the ladder.")
+    num_scales: Levels = Field(10, description="L, the number of noise levels of the ladder.")
 
 
 class NCSNScoreMatching(Objective):

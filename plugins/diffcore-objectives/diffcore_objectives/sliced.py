@@ -9,6 +9,7 @@ from pydantic import Field
 from torch import Tensor
 
 from diffcore.component import Params
+from diffcore.limits import Steps
 from diffcore.model import ScoreModel
 from diffcore.noise import NoiseSource
 from diffcore.objective import Objective
@@ -18,7 +19,7 @@ from diffcore_objectives.common import score_on_noisy_data, sum_event
 
 class SSMParams(Params):
     variance_reduced: bool = Field(True, description="SSM-VR: replace (v.s)^2 / 2 by ||s||^2 / 2.")
-    projections: int = Field(1, ge=1, description="Random projections v per sample.")
+    projections: Steps = Field(1, description="Random projections v per sample.")
     distribution: Literal["gaussian", "rademacher"] = Field("gaussian", description="Law of v.")
 
 

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from diffcore.component import describe
 from diffcore.grids import GridKind, GridParams, time_grid
+from diffcore.limits import Steps
 from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.sampler import Callback, Sampler
@@ -38,7 +39,7 @@ from diffcore_samplers.common import ANCESTRAL
 class AncestralParams(GridParams):
     """Parameters of ``ancestral``."""
 
-    steps: int = Field(1000, gt=0, description="Steps from T to t_min (DDPM uses 1000), one score evaluation each.")
+    steps: Steps = Field(1000, description="Steps from T to t_min (DDPM uses 1000), one score evaluation each.")
     grid: GridKind = Field("uniform", description="Time grid: uniform, quadratic, logsnr or karras.")
 
 

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from diffcore.component import describe
 from diffcore.grids import GridKind, GridParams, time_grid
+from diffcore.limits import Steps
 from diffcore.noise import NoiseSource
 from diffcore.process import (
     LINEAR_GAUSSIAN,
@@ -220,7 +221,7 @@ def finish(score_fn: ScoreFn, process: LinearGaussianProcess, x: Tensor, final_d
 class DPMSolverParams(GridParams):
     """Parameters of ``dpm_solver`` and ``dpm_solver_pp``."""
 
-    steps: int = Field(20, gt=0, description="Solver steps (intervals of the time grid); singlestep order k "
+    steps: Steps = Field(20, description="Solver steps (intervals of the time grid); singlestep order k "
                        "costs k score evaluations per step, multistep one.")
     grid: GridKind = Field("logsnr", description="Time grid: logsnr (uniform in lambda, the papers' choice), "
                            "uniform, quadratic or karras.")

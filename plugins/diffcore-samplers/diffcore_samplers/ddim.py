@@ -9,6 +9,7 @@ from torch import Tensor
 
 from diffcore.component import describe
 from diffcore.grids import GridKind, GridParams
+from diffcore.limits import Steps
 from diffcore.noise import NoiseSource
 from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, ScoreFn, require_linear_gaussian
 from diffcore.sampler import Callback, Sampler
@@ -18,7 +19,7 @@ from diffcore_samplers.common import finish, grid_points, score_at
 class DDIMParams(GridParams):
     """Parameters of ``ddim``."""
 
-    steps: int = Field(50, gt=0, description="Steps from T to t_min (one score evaluation each).")
+    steps: Steps = Field(50, description="Steps from T to t_min (one score evaluation each).")
     grid: GridKind = Field("logsnr", description="Time grid: logsnr (uniform in lambda), uniform, quadratic "
                            "(DDIM's) or karras.")
     eta: float = Field(0.0, ge=0.0, le=1.0, description="0: deterministic (probability-flow discretisation); "

@@ -7,6 +7,7 @@ from pydantic import Field
 from torch import Tensor
 
 from diffcore.component import Params
+from diffcore.limits import Steps
 from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.sampler import Callback, Sampler, uniform_grid
@@ -14,7 +15,7 @@ from diffcore_samplers.common import EULER_MARUYAMA
 
 
 class EulerMaruyamaParams(Params):
-    steps: int = Field(1000, gt=0, description="Number of steps from T to t_min.")
+    steps: Steps = Field(1000, description="Number of steps from T to t_min.")
     denoise_last: bool = Field(True, description="Skip the noise of the last step.")
 
 

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from diffcore.component import describe
 from diffcore.grids import GridKind, GridParams
+from diffcore.limits import Steps
 from diffcore.noise import NoiseSource
 from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, ScoreFn, require_linear_gaussian
 from diffcore.sampler import Callback, Sampler
@@ -46,7 +47,7 @@ class HeunParams(GridParams):
     """Parameters of ``heun``; the churn parameters are EDM's ``S_churn``, ``S_tmin``, ``S_tmax``,
     ``S_noise`` with levels measured as ``s = sigma / alpha``."""
 
-    steps: int = Field(50, gt=0, description="Steps from T to t_min; two score evaluations each.")
+    steps: Steps = Field(50, description="Steps from T to t_min; two score evaluations each.")
     grid: GridKind = Field("karras", description="Time grid: karras (EDM, with rho), logsnr, uniform or "
                            "quadratic.")
     churn: float = Field(0.0, ge=0.0, description="EDM's S_churn: total churn over the run (0: deterministic). "

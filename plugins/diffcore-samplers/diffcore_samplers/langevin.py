@@ -33,6 +33,7 @@ from torch import Tensor
 
 from diffcore.component import Params, describe
 from diffcore.grids import GridKind, time_grid
+from diffcore.limits import MAX_STEPS, Levels, Steps, check_total
 from diffcore.noise import NoiseSource
 from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, LinearGaussianProcess, ScoreFn, require_linear_gaussian
 from diffcore.sampler import Callback, Sampler
@@ -50,7 +51,7 @@ class LangevinParams(Params):
     """Parameters of ``langevin``."""
 
     step_size: float = Field(0.01, gt=0, description="Step size h of x <- x + h s + sqrt(2h) z.")
-    iterations: int = Field(1000, gt=0, description="Langevin steps at t_min, one score evaluation each.")
+    iterations: Steps = Field(1000, description="Langevin steps at t_min, one score evaluation each.")
 
 
 class Langevin(Sampler):
@@ -76,11 +77,12 @@ class Langevin(Sampler):
 class AnnealedLangevinParams(Params):
     """Parameters of ``annealed_langevin``."""
 
-    levels: int = Field(100, ge=2, description="Number L of noise levels, from T down to t_min.")
-    steps_per_level: int = Field(100, gt=0, description="Langevin steps at each level, one score evaluation each.")
+    levels: Levels = Field(100, description="Number L of noise levels, from T down to t_min.")
+    steps_per_level: Steps = Field(100, description="Langevin steps at each level, one score evaluation each.")
     grid: GridKind = Field("logsnr", description="Times of the levels: logsnr (noise levels sigma/alpha on a "
                            "geometric ladder, NCSN's), uniform, quadratic or karras.")
-    rho: float = Field(7.0, gt=0, description="Exponent of the karras grid.")
+    rho: float = Field(7.0, ge=1.0, le=1000.0, description="Exponent of the karras grid (EDM's 7; below 1 the "
+                       "levels crowd at high noise; as it grows the grid tends to logsnr's).")
     step_size: float | None = Field(None, gt=0, description="eps = h_L, the step at the last level (NCSN); the "
                                     "step at level i is eps sigma_i^2 / sigma_L^2. Default: step_ratio sigma_L^2.")
     step_ratio: float = Field(0.05, gt=0, lt=2, description="h_i / sigma_i^2 when step_size is not given: the "
@@ -91,6 +93,8 @@ class AnnealedLangevinParams(Params):
         if self.step_size is not None and "step_ratio" in self.model_fields_set:
             raise ValueError("give step_size (eps, the step at the last level) or step_ratio (h_i / sigma_i^2), "
                              "not both")
+        check_total("levels x steps_per_level (the Langevin steps of the run)", self.levels * self.steps_per_level,
+                    MAX_STEPS, "lower levels or steps_per_level")
         return self
 
 

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from diffcore.component import describe
 from diffcore.grids import GridKind, GridParams, time_grid
+from diffcore.limits import MAX_STEPS, Steps, check_total
 from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.sampler import Callback, Sampler
@@ -39,7 +40,7 @@ from diffcore_samplers.langevin_corrector import LangevinCorrector, corrector_al
 class PCParams(GridParams):
     """Parameters of ``pc``."""
 
-    steps: int = Field(1000, gt=0, description="Grid steps from T to t_min; each costs one score evaluation for "
+    steps: Steps = Field(1000, description="Grid steps from T to t_min; each costs one score evaluation for "
                        "the predictor plus one per corrector step.")
     grid: GridKind = Field("uniform", description="Time grid: uniform (score_sde's), quadratic, logsnr or karras.")
     predictor: Literal["reverse_diffusion", "euler_maruyama", "ancestral", "none"] = Field(
@@ -49,7 +50,7 @@ class PCParams(GridParams):
     snr: float = Field(0.16, gt=0, description="Signal-to-noise ratio r of the Langevin step size eps = 2 alpha_i "
                        "(r ||z|| / ||s||)^2 with the reference norms ||z||^2 = D, ||s||^2 = D / sigma(t)^2, i.e. "
                        "eps = 2 alpha_i r^2 sigma(t)^2 (score_sde's r = 0.16 for VE).")
-    corrector_steps: int = Field(1, ge=1, description="Langevin steps after each predictor step.")
+    corrector_steps: Steps = Field(1, description="Langevin steps after each predictor step.")
     denoise_last: bool = Field(True, description="Skip the noise of the last predictor step (score_sde's "
                                "noise_removal); the corrector at t_min, if any, still follows it.")
 
@@ -58,6 +59,9 @@ class PCParams(GridParams):
         if self.predictor == "none" and self.corrector == "none":
             raise ValueError("predictor and corrector are both 'none': the sampler would return the prior draw; "
                              "choose a predictor, a corrector, or both")
+        if self.corrector == "langevin":
+            check_total("steps x corrector_steps (the Langevin steps of the run)", self.steps * self.corrector_steps,
+                        MAX_STEPS, "lower steps or corrector_steps")
         return self
 
 

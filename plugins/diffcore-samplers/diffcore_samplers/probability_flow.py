@@ -14,6 +14,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from diffcore.component import Params
+from diffcore.limits import Steps, Tolerance
 from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.sampler import Callback, Sampler, uniform_grid
@@ -25,9 +26,9 @@ FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implic
 class ProbabilityFlowParams(Params):
     method: Literal[ADAPTIVE + FIXED] = Field(  # type: ignore[valid-type]
         "dopri5", description="torchdiffeq method; adaptive ones use rtol/atol, fixed ones `steps`.")
-    rtol: float = Field(1e-5, gt=0, description="Relative tolerance (adaptive methods).")
-    atol: float = Field(1e-5, gt=0, description="Absolute tolerance (adaptive methods).")
-    steps: int | None = Field(None, gt=0, description="Uniform steps (fixed methods; default 100).")
+    rtol: Tolerance = Field(1e-5, description="Relative tolerance (adaptive methods).")
+    atol: Tolerance = Field(1e-5, description="Absolute tolerance (adaptive methods).")
+    steps: Steps | None = Field(None, description="Uniform steps (fixed methods; default 100).")
 
     @model_validator(mode="after")
     def _steps_only_for_fixed(self) -> ProbabilityFlowParams:

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from diffcore.component import describe
 from diffcore.grids import GridKind, GridParams, time_grid
+from diffcore.limits import Steps
 from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.sampler import Callback, Sampler
@@ -36,7 +37,7 @@ from diffcore_samplers.common import REVERSE_DIFFUSION
 class ReverseDiffusionParams(GridParams):
     """Parameters of ``reverse_diffusion``."""
 
-    steps: int = Field(1000, gt=0, description="Steps from T to t_min, one score evaluation each.")
+    steps: Steps = Field(1000, description="Steps from T to t_min, one score evaluation each.")
     grid: GridKind = Field("uniform", description="Time grid: uniform (score_sde's), quadratic, logsnr or karras "
                            "(the last two need a linear-Gaussian process).")
     denoise_last: bool = Field(True, description="Skip the noise of the last step (score_sde's noise_removal).")

@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from diffcore.grids import GridKind, GridParams, time_grid
+from diffcore.limits import MAX_STEPS, Steps, Tolerance
 from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, ReverseProcess, ScoreFn
 from diffcore.sampler import Callback, Sampler
@@ -45,15 +46,16 @@ class ReverseSDEParams(GridParams):
 
     method: Method = Field("euler", description="torchsde method: euler (Euler-Maruyama), milstein, srk "
                            "(strong order 1.5 Runge-Kutta) or reversible_heun.")
-    steps: int = Field(1000, gt=0, description="Fixed steps from T to t_min (not with adaptive).")
+    steps: Steps = Field(1000, description="Fixed steps from T to t_min (not with adaptive).")
     grid: GridKind = Field("uniform", description="Time grid of the fixed steps: uniform, quadratic, logsnr or "
                            "karras (the last two need a linear-Gaussian process).")
     adaptive: bool = Field(False, description="Adaptive step size (torchsde's step doubling; rtol, atol, dt0). "
                            "Results then depend on the batch composition.")
-    rtol: float = Field(1e-3, gt=0, description="Relative tolerance (adaptive).")
-    atol: float = Field(1e-3, gt=0, description="Absolute tolerance (adaptive).")
+    rtol: Tolerance = Field(1e-3, description="Relative tolerance (adaptive).")
+    atol: Tolerance = Field(1e-3, description="Absolute tolerance (adaptive).")
     dt0: float = Field(0.01, gt=0, description="First step size in time units (adaptive).")
-    dt_min: float = Field(1e-5, gt=0, description="Smallest step size in time units (adaptive).")
+    dt_min: float = Field(1e-5, ge=1.0 / MAX_STEPS, description="Smallest step size in time units (adaptive); "
+                          "an adaptive solve takes at most (T - t_min) / dt_min steps.")
 
     @model_validator(mode="after")
     def _mode_fields(self) -> ReverseSDEParams:

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from diffcore.component import describe
 from diffcore.grids import GridKind, GridParams
+from diffcore.limits import Steps
 from diffcore.noise import NoiseSource
 from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, ScoreFn, require_linear_gaussian
 from diffcore.sampler import Callback, Sampler
@@ -20,7 +21,7 @@ from diffcore_samplers.common import LogSNRPoint, finish, grid_points, model_out
 class UniPCParams(GridParams):
     """Parameters of ``unipc``."""
 
-    steps: int = Field(20, gt=0, description="Solver steps (one score evaluation each).")
+    steps: Steps = Field(20, description="Solver steps (one score evaluation each).")
     grid: GridKind = Field("logsnr", description="Time grid: logsnr (uniform in lambda), uniform, quadratic "
                            "or karras.")
     order: int = Field(2, ge=1, le=3, description="Order p of the UniP predictor (1-3); with the corrector "
