@@ -10,7 +10,10 @@ device of ``x``), per-time coefficients are returned as ``(batch,)``.
 from __future__ import annotations
 
 import abc
+import inspect
 import math
+import sys
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
@@ -18,7 +21,9 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from diffcore.component import Component, Params
-from diffcore.errors import CompatibilityError
+from diffcore.errors import CompatibilityError, SpecError
+from diffcore.limits import MAX_HALF_LOG_SNR, MIN_HALF_LOG_SNR
+from diffcore.messages import format_problems
 from diffcore.utils import bcast
 
 if TYPE_CHECKING:
@@ -39,16 +44,30 @@ class ProcessParams(Params):
 
     ``t_min`` (score_sde's ``eps``) keeps samplers away from ``t = 0`` where the score of data
     without noise is singular.
+
+    Validation runs, in order: ``t_min < T``; :meth:`check`, a subclass's checks of its own fields
+    (override it rather than adding a validator, so that it runs first); and, for the Params of a
+    :class:`LinearGaussianProcess`, the range of its half log-SNR (:func:`log_snr_problem`).
     """
 
     t_min: float = Field(1e-3, gt=0, description="Smallest time samplers reach (score_sde's eps).")
     T: float = Field(1.0, gt=0, description="Terminal time where the prior is (approximately) reached.")
 
     @model_validator(mode="after")
-    def _t_min_below_T(self) -> ProcessParams:
+    def _valid(self) -> ProcessParams:
         if self.t_min >= self.T:
             raise ValueError(f"t_min ({self.t_min}) must be smaller than T ({self.T})")
+        self.check()
+        process_class = _bound_process(type(self))
+        if process_class is not None and not inspect.isabstract(process_class):
+            problem = log_snr_problem(process_class(self))
+            if problem is not None:
+                raise ValueError(problem)
         return self
+
+    def check(self) -> None:
+        """Checks of a subclass's own fields (e.g. their order): raise ``ValueError`` with the message.
+        Runs after ``t_min < T`` and before the log-SNR range, which needs every field valid."""
 
 
 class ForwardProcess(Component, abc.ABC):
@@ -115,6 +134,28 @@ class LinearGaussianProcess(ForwardProcess):
     - the prior is the marginal at ``T`` of unit-variance data: ``N(0, (alpha(T)^2 + sigma(T)^2) I)``.
     """
 
+    noise_field: ClassVar[str] = "T"
+    """The parameter that sets the noise at ``T`` (larger: more noise; ``beta_max``, ``sigma_max``),
+    named with ``T`` and their largest allowed values when ``lambda(T)`` is below the range."""
+    min_noise_field: ClassVar[str | None] = None
+    """The parameter that sets the noise at ``t_min`` (larger: more noise; ``beta_min``, ``sigma_min``),
+    named with ``t_min`` and their smallest allowed values when ``lambda(t_min)`` is above the range."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        params = cls.__dict__.get("Params")
+        if params is not None and params is not ProcessParams:
+            _PROCESS_OF.setdefault(params, cls)  # the first class to declare a Params checks it
+
+    def __init__(self, params: Params | None = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        if not _IN_CHECK.get() and _bound_process(type(self.params)) is not type(self):
+            # not checked by its Params (a subclass reusing its parent's): check here
+            problem = log_snr_problem(self)
+            if problem is not None:
+                raise SpecError(format_problems([("", problem)], getattr(self, "name", type(self).__name__),
+                                                "parameters"), [("", problem)])
+
     @classmethod
     def capabilities(cls) -> frozenset[str]:
         return frozenset({LINEAR_GAUSSIAN})
@@ -179,6 +220,132 @@ class LinearGaussianProcess(ForwardProcess):
         flat = x.reshape(x.shape[0], -1)
         d = flat.shape[1]
         return -0.5 * (flat / std).pow(2).sum(1) - d * (math.log(std) + 0.5 * math.log(2 * math.pi))
+
+
+_IN_CHECK: ContextVar[bool] = ContextVar("diffcore_log_snr_check", default=False)
+"""Set while :func:`log_snr_problem` builds candidate processes, which it checks itself."""
+_PROCESS_OF: dict[type[Params], type[LinearGaussianProcess]] = {}
+"""The linear-Gaussian process class that declared each Params class (its log-SNR range is checked
+when the Params are validated)."""
+
+
+def _bound_process(params_class: type[Params]) -> type[LinearGaussianProcess] | None:
+    """The process class whose Params ``params_class`` is (or derives from, as a spec's model does)."""
+    for klass in params_class.__mro__:
+        if klass in _PROCESS_OF:
+            return _PROCESS_OF[klass]
+    return None
+
+
+def half_log_snr_at(process: LinearGaussianProcess, t: float) -> float:
+    """``lambda(t) = log(alpha(t) / sigma(t))`` in float64; NaN where it, ``alpha(t)`` or ``sigma(t)``
+    cannot be evaluated (an error, an infinite ``lambda``, a NaN or negative scale)."""
+    try:
+        with torch.no_grad():
+            tt = torch.tensor([t], dtype=torch.float64, device="cpu")  # whatever the default device
+            values = [float(process.half_log_snr(tt)), float(process.alpha(tt)), float(process.sigma(tt))]
+    except (ArithmeticError, ValueError, RuntimeError):
+        return math.nan
+    lam, scales = values[0], values[1:]
+    return lam if math.isfinite(lam) and all(v >= 0 for v in scales) else math.nan  # (NaN >= 0 is False)
+
+
+def log_snr_problem(process: LinearGaussianProcess) -> str | None:
+    """Why the half log-SNR of ``process`` leaves the range every sampler handles, or ``None``.
+
+    Samplers work in float32 with ``alpha``, ``sigma`` and ``lambda = log(alpha / sigma)`` (Kingma et
+    al. 2021, "Variational Diffusion Models"; Lu et al. 2022, DPM-Solver): they need ``lambda`` finite
+    and decreasing, with :data:`~diffcore.limits.MIN_HALF_LOG_SNR` ``<= lambda(T) < lambda(t_min) <=``
+    :data:`~diffcore.limits.MAX_HALF_LOG_SNR`. The message names the parameters that move the
+    offending end and, for each, its limit with the other parameters as given.
+    """
+    token = _IN_CHECK.set(True)
+    try:
+        return _problem(process)
+    finally:
+        _IN_CHECK.reset(token)
+
+
+def _problem(process: LinearGaussianProcess) -> str | None:
+    lam_0, lam_T = half_log_snr_at(process, process.t_min), half_log_snr_at(process, process.T)
+    name = getattr(process, "name", type(process).__name__)
+    problems = []
+    too_noisy = not math.isfinite(lam_T) or lam_T < MIN_HALF_LOG_SNR
+    if too_noisy:
+        problems.append(f"{_lambda_text('T', process.T, lam_T)}: {name} adds more noise than the samplers "
+                        f"resolve in float32 (lambda(T) must be at least {MIN_HALF_LOG_SNR:g}); "
+                        + _fixes(process, [process.noise_field, "T"], "T", MIN_HALF_LOG_SNR, up=False))
+    if lam_0 > MAX_HALF_LOG_SNR or (not math.isfinite(lam_0) and not too_noisy):
+        problems.append(f"{_lambda_text('t_min', process.t_min, lam_0)}: {name} leaves less noise at t_min than "
+                        f"the samplers resolve in float32 (lambda(t_min) must be at most {MAX_HALF_LOG_SNR:g}); "
+                        + _fixes(process, ["t_min", process.min_noise_field], "t_min", MAX_HALF_LOG_SNR, up=True))
+    if not problems and lam_0 <= lam_T:
+        problems.append(f"the half log-SNR must fall from t_min to T (the process must add noise), but "
+                        f"lambda(t_min) = {lam_0:.6g} and lambda(T) = {lam_T:.6g}; widen [t_min, T]")
+    return "; and ".join(problems) or None
+
+
+def _lambda_text(where: str, t: float, lam: float) -> str:
+    value = f"is {lam:.4g}" if math.isfinite(lam) else "overflows"
+    return f"the half log-SNR lambda = log(alpha / sigma) at {where} = {t:g} {value}"
+
+
+def _fixes(process: LinearGaussianProcess, fields: list[str | None], end: str, bound: float, *, up: bool) -> str:
+    """``raise t_min to at least 4.25e-17 or raise beta_min to at least ...``: each of ``fields`` (the
+    parameters of ``process`` that move ``lambda`` at ``end`` towards ``bound`` when raised, ``up``, or
+    lowered) with its limit, the other parameters as given, where one exists."""
+    verb, side = ("raise", "at least") if up else ("lower", "at most")
+    names = [f for f in dict.fromkeys(fields) if f is not None and f in type(process.params).model_fields]
+    texts = []
+    for field in names:
+        limit = _field_limit(process, field, end, bound, up=up)
+        texts.append(f"{verb} {field}" + (f" to {side} {limit:.3g}" if limit is not None else ""))
+    return " or ".join(texts)
+
+
+def _field_limit(process: LinearGaussianProcess, field: str, end: str, bound: float, *, up: bool) -> float | None:
+    """The value of ``field`` (a positive parameter) at which ``lambda`` at ``end`` (``"T"`` or
+    ``"t_min"``) reaches ``bound`` when ``field`` is raised (``up``) or lowered, the other parameters
+    as given, rounded to 3 digits on the side within range. Found by stepping ``field`` by factors of
+    e^8, then of 2, until it is within range, then bisection in ``log(field)``; ``None`` when no
+    valid value within range exists."""
+
+    def inside(log_value: float) -> bool:
+        if not _LOG_FLOAT_MIN <= log_value <= _LOG_FLOAT_MAX:
+            return False
+        params = process.params.model_copy(update={field: math.exp(log_value)})
+        try:
+            params.check()
+        except ValueError:
+            return False
+        if params.t_min >= params.T:
+            return False
+        lam = half_log_snr_at(type(process)(params), params.t_min if end == "t_min" else params.T)
+        return math.isfinite(lam) and (lam <= bound if end == "t_min" else lam >= bound)
+
+    start = math.log(getattr(process.params, field))
+    for factor in (8.0, math.log(2.0)):  # coarse, then fine: a window narrower than e^8 is found too
+        step = factor if up else -factor
+        outside = start
+        while _LOG_FLOAT_MIN <= outside + step <= _LOG_FLOAT_MAX:  # across the float range at most
+            if inside(outside + step):
+                within = outside + step
+                for _ in range(48):
+                    mid = 0.5 * (outside + within)
+                    outside, within = (outside, mid) if inside(mid) else (mid, within)
+                return _round_within(math.exp(within), up)
+            outside += step
+    return None
+
+
+_LOG_FLOAT_MAX = math.log(sys.float_info.max)
+_LOG_FLOAT_MIN = math.log(5e-324)  # the smallest positive (subnormal) float
+
+
+def _round_within(value: float, up: bool) -> float:
+    """``value`` to 3 significant digits, rounded away from the out-of-range side."""
+    scale = 10.0 ** (math.floor(math.log10(value)) - 2)
+    return (math.ceil(value / scale) if up else math.floor(value / scale)) * scale
 
 
 def require_linear_gaussian(process: ForwardProcess, who: str) -> LinearGaussianProcess:

@@ -89,3 +89,105 @@ def test_process_params_are_validated() -> None:
         VPSDE(t_min=1.0)
     with pytest.raises(SpecError, match="beta_mn"):
         VPSDE(beta_mn=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The half log-SNR range (diffcore.limits.MIN_HALF_LOG_SNR, MAX_HALF_LOG_SNR)
+# ---------------------------------------------------------------------------------------------
+
+NOISE_FIELD = {"vp": "beta_max", "subvp": "beta_max", "ve": "sigma_max"}
+MIN_NOISE_FIELD = {"vp": "beta_min", "subvp": "beta_min", "ve": "sigma_min"}
+
+
+def refusal(name: str, **params: float) -> str:
+    with pytest.raises(SpecError) as info:
+        get_registry().build("process", name, **params)
+    return str(info.value)
+
+
+def limit_in(message: str, field: str) -> float:
+    """The limit a refusal gives for ``field`` (``lower beta_max to at most 79.8``)."""
+    return float(message.split(f" {field} to at ")[1].split()[1].rstrip(";"))
+
+
+def half_log_snr(process: object, t: float) -> float:
+    return float(process.half_log_snr(torch.tensor([t], dtype=torch.float64)))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+@pytest.mark.parametrize("field", ["noise", "T"])
+def test_too_much_noise_at_T_is_refused_with_the_largest_allowed_value(name: str, field: str) -> None:
+    """``beta_max: 1e300``, ``sigma_max: 1e300``, ``T: 1e300`` overflowed in sampling; the refusal names
+    the limit (3 digits, rounded into the range), which is accepted, and 1% beyond it is refused."""
+    field = NOISE_FIELD[name] if field == "noise" else "T"
+    message = refusal(name, **{field: 1e300})
+    assert "lambda(T) must be at least -20" in message and f"lower {field} to at most" in message
+    limit = limit_in(message, field)
+    process = get_registry().build("process", name, **{field: limit})
+    assert -20.0 <= half_log_snr(process, process.T) < -19.7
+    assert f"lower {field} to at most {limit:.3g}" in refusal(name, **{field: limit * 1.01})
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_too_little_noise_at_t_min_is_refused_with_the_smallest_allowed_value(name: str) -> None:
+    """``t_min: 1e-300`` made ddim, dpm_solver and unipc return finite garbage; the refusal names the
+    smallest t_min, which is accepted, and 1% below it is refused."""
+    message = refusal(name, t_min=1e-300)
+    assert "lambda(t_min) must be at most 20" in message and f"or raise {MIN_NOISE_FIELD[name]}" in message
+    limit = limit_in(message, "t_min")
+    process = get_registry().build("process", name, t_min=limit)
+    assert 19.7 < half_log_snr(process, process.t_min) <= 20.0
+    assert f"raise t_min to at least {limit:.3g}" in refusal(name, t_min=limit * 0.99)
+
+
+def test_the_limits_in_the_messages() -> None:
+    """The limits at the defaults, as a user reads them (vp: T = 1, beta_min = 0.1)."""
+    assert "lower beta_max to at most 79.8 or lower T to at most 0.893" in refusal("vp", beta_max=100.0)
+    assert "lower sigma_max to at most 4.85e+08" in refusal("ve", sigma_max=1e9)
+    assert "raise t_min to at least 4.25e-17" in refusal("vp", t_min=1e-20)
+    assert "raise t_min to at least 2.07e-08" in refusal("subvp", t_min=1e-10)  # sigma ~ B, not sqrt(B)
+    assert "raise sigma_min to at least" in refusal("ve", sigma_min=1e-30, t_min=1e-5)
+
+
+def test_the_order_checks_come_before_the_range() -> None:
+    assert refusal("vp", beta_min=5.0, beta_max=1.0).endswith("beta_max (1.0) must be at least beta_min (5.0)")
+    assert refusal("ve", sigma_min=5.0, sigma_max=5.0).endswith("sigma_max (5.0) must exceed sigma_min (5.0)")
+    assert refusal("subvp", t_min=2.0).endswith("t_min (2.0) must be smaller than T (1.0)")
+
+
+def test_a_subclass_reusing_its_parents_params_is_checked_when_built() -> None:
+    """VPSDE's Params check the range with VPSDE's sigma; a subclass with another sigma that reuses
+    them is checked again, with its own, when it is built, and the limit it is told is its own."""
+
+    class Louder(VPSDE):
+        name = "louder"
+
+        def sigma(self, t: torch.Tensor) -> torch.Tensor:
+            return 1e7 * super().sigma(t)
+
+        def half_log_snr(self, t: torch.Tensor) -> torch.Tensor:
+            return torch.log(self.alpha(t)) - torch.log(self.sigma(t))
+
+    VPSDE()  # fine with VPSDE's sigma: lambda(T) = -5.0
+    with pytest.raises(SpecError) as info:
+        Louder()  # lambda(T) = -5.0 - log(1e7) = -21.1
+    message = str(info.value)
+    assert message.startswith("louder: invalid parameters: ") and "at T = 1 is -21.14" in message
+    limit = limit_in(message, "beta_max")
+    assert 15.0 < limit < 17.0
+    Louder(beta_max=limit)
+    with pytest.raises(SpecError):
+        Louder(beta_max=limit * 1.01)
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_half_log_snr_and_its_inverse_hold_over_the_whole_allowed_range(name: str) -> None:
+    """At the extremes (lambda from -20 to 20 and beyond): no overflow in lambda, and the inverse returns
+    the time (subvp's inverse returned t = 0 from lambda ~ 37 on, VE's lambda overflowed for wide ranges)."""
+    process = get_registry().build("process", name)
+    lam = torch.linspace(-25.0, 40.0, 66, dtype=torch.float64)
+    t = process.t_from_half_log_snr(lam)  # type: ignore[attr-defined]
+    assert torch.all(t > 0)
+    torch.testing.assert_close(process.half_log_snr(t), lam, rtol=1e-9, atol=1e-9)  # type: ignore[attr-defined]
+    message = refusal(name, **{NOISE_FIELD[name]: 1e4 if name != "ve" else 1e30})
+    assert "lambda = log(alpha / sigma) at T = 1 is -" in message  # a value, not an overflow

@@ -8,6 +8,9 @@ from conftest import DEVICES, DoubleWell, ZeroScore
 from torch import Tensor
 
 from diffcore import CompatibilityError, NonFiniteError, Pipeline, get_registry
+from diffcore.errors import SpecError
+from diffcore.limits import MAX_HALF_LOG_SNR, MIN_HALF_LOG_SNR
+from diffcore.process import LinearGaussianProcess
 from diffcore.sampler import Sampler, StepInfo
 from diffcore.testing.conformance import REFERENCE_MIXTURE, check_sampler
 from diffcore_models import GaussianMixture
@@ -203,3 +206,63 @@ def test_nan_step_is_the_step_callbacks_see() -> None:
     assert seen == [0, 1, 2, 3, 4, 5]
     assert exc.value.step == 6 and exc.value.evaluation == 7
     assert exc.value.t == pytest.approx(1 - 6 * (1 - 1e-3) / 10, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every sampler at the extremes of the allowed process parameters
+# ---------------------------------------------------------------------------------------------
+
+# The samplers at the corner of the allowed range, lambda(T) = -20 and lambda(t_min) = 20 at once
+# (diffcore.limits.MIN_HALF_LOG_SNR, MAX_HALF_LOG_SNR), need more steps than at the defaults where the
+# range is [-5, 4.6]: their grids span four times the log-SNR. Each line: the energy distance in floor
+# stds on vp / ve / subvp and the largest mode-weight error, measured (seed 0, 2000 samples); the other
+# samplers pass with their CONFORMANCE_PARAMS (ancestral -0.39 / 0.83 / -0.11, 0.013; ddim 1.22 / 1.22 /
+# 1.22, 0.001; dpm_solver 1.97 / 1.96 / 1.97, 0.013; probability_flow 0.81 / 0.82 / 0.81, 0.017;
+# reverse_sde 0.12 / 0.16 / 0.47, 0.015).
+EXTREME_PARAMS: dict[str, dict[str, object]] = {
+    "annealed_langevin": {"levels": 160, "steps_per_level": 25},  # -1.24 / -0.98 / -1.15, 0.018
+    "dpm_solver_pp": {"steps": 120},  # 0.85 / 0.85 / 0.85, 0.017 (30 steps: 45 floor stds)
+    "euler_maruyama": {"steps": 500},  # -0.30 / -0.73 / -0.28, 0.018 (125 on ve: 9.25)
+    "heun": {"steps": 400},  # 0.95 / 0.96 / 0.95, 0.018 (the karras grid puts most steps at high noise)
+    "pc": {"steps": 500},  # -0.84 / -0.41 / -1.03, 0.009 (125 on ve: 6.83)
+    "reverse_diffusion": {"steps": 500},  # -0.38 / -0.02 / 0.43, 0.013 (250 on ve: 2.25)
+    "unipc": {"steps": 120},  # 0.91 / 0.92 / 0.91, 0.018 (30 steps: 175 floor stds)
+}
+
+
+def extreme_process_params(process_name: str) -> dict[str, float]:
+    """The noise field at its largest and ``t_min`` at its smallest allowed value at once, read from
+    the refusals just beyond them (vp: beta_max 79.8, t_min 4.25e-17; ve: sigma_max 4.85e8, t_min
+    8.64e-16; subvp: beta_max 79.8, t_min 2.07e-8)."""
+    base = dict(PROCESS_PARAMS.get(process_name, {}))
+    noise = {"ve": "sigma_max"}.get(process_name, "beta_max")
+    params = {**base, noise: limit_from_refusal(process_name, {**base, noise: 1e300}, noise)}
+    return {**params, "t_min": limit_from_refusal(process_name, {**params, "t_min": 1e-300}, "t_min")}
+
+
+def limit_from_refusal(process_name: str, params: dict[str, float], field: str) -> float:
+    with pytest.raises(SpecError) as info:
+        REGISTRY.build("process", process_name, **params)
+    return float(str(info.value).split(f" {field} to at ")[1].split()[1].rstrip(";"))
+
+
+@pytest.mark.parametrize("process_name", REGISTRY.names("process"))
+@pytest.mark.parametrize("sampler_name", REGISTRY.names("sampler"))
+def test_samplers_match_the_mixture_at_the_extremes_of_the_process_range(sampler_name: str,
+                                                                         process_name: str) -> None:
+    """2000 samples at the corner of the allowed range, against the exact mixture at ``t_min``: the
+    bounds are inside the range where every sampler is correct (langevin, not a diffusion sampler,
+    must stay finite)."""
+    process = REGISTRY.build("process", process_name, **extreme_process_params(process_name))
+    assert isinstance(process, LinearGaussianProcess)
+    for t, bound in ((process.T, MIN_HALF_LOG_SNR), (process.t_min, MAX_HALF_LOG_SNR)):
+        assert abs(float(process.half_log_snr(torch.tensor([t], dtype=torch.float64))) - bound) < 0.3
+    params = {**CONFORMANCE_PARAMS.get(sampler_name, {}), **EXTREME_PARAMS.get(sampler_name, {})}
+    sampler = REGISTRY.build("sampler", sampler_name, **params)
+    if sampler_name in NOT_DIFFUSION_SAMPLERS:
+        x = Pipeline(process, REFERENCE, sampler).sample(SMALL_NUM, seed=0).x  # type: ignore[arg-type]
+        assert torch.isfinite(x).all()
+        return
+    report = check_sampler(sampler, process, REFERENCE, num=SMALL_NUM, weight_tol=SMALL_WEIGHT_TOL)  # type: ignore[arg-type]
+    print(f"{sampler_name} on {process_name} at the extremes: {report.ed_in_floor_stds:.2f} floor stds, "
+          f"weights {report.mode_weights}, NFE {report.nfe}")

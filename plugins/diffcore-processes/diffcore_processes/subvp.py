@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from diffcore_processes.vp import VPSDE
+from diffcore_processes.vp import VPSDE, VPParams
+
+
+class SubVPParams(VPParams):
+    """The linear schedule of :class:`~diffcore_processes.vp.VPParams`; a class of its own so that its
+    log-SNR range is checked with sub-VP's ``sigma``."""
 
 
 class SubVPSDE(VPSDE):
@@ -18,6 +21,8 @@ class SubVPSDE(VPSDE):
     """
 
     name = "subvp"
+    Params = SubVPParams
+    params: SubVPParams
 
     def sigma(self, t: Tensor) -> Tensor:
         return -torch.expm1(-self.integrated_beta(t))
@@ -30,6 +35,8 @@ class SubVPSDE(VPSDE):
         return -0.5 * big_b - torch.log(-torch.expm1(-big_b))
 
     def t_from_half_log_snr(self, lam: Tensor) -> Tensor:
-        # alpha / sigma = a / (1 - a^2) = e^lam with a = exp(-B/2): the positive root of a quadratic.
-        log_a = lam + math.log(2.0) - torch.log1p(torch.sqrt(1.0 + 4.0 * torch.exp(2.0 * lam)))
-        return self.t_from_integrated_beta(-2.0 * log_a)
+        """Inverse of :meth:`half_log_snr`: ``alpha / sigma = a / (1 - a^2) = e^lam`` with ``a = exp(-B/2)``
+        is the quadratic ``a^2 + u a - 1 = 0`` in ``a`` (``u = e^-lam``), whose positive root gives
+        ``B = -2 log a = 2 asinh(u / 2)``: no cancellation at large ``lam``, where ``a`` is within
+        rounding of 1 (the form through ``log a`` returned ``t = 0`` from ``lam`` ~ 37 on)."""
+        return self.t_from_integrated_beta(2.0 * torch.asinh(0.5 * torch.exp(-lam)))

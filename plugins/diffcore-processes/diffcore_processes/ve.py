@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor
 
 from diffcore.process import LinearGaussianProcess, ProcessParams
@@ -28,13 +28,13 @@ class VESDE(LinearGaussianProcess):
                                  "the largest distance between data points.")
         t_min: float = Field(1e-5, gt=0, description="Smallest time samplers reach (score_sde: 1e-5 for VE).")
 
-        @model_validator(mode="after")
-        def _ordered(self) -> VESDE.Params:
+        def check(self) -> None:
             if self.sigma_max <= self.sigma_min:
                 raise ValueError(f"sigma_max ({self.sigma_max}) must exceed sigma_min ({self.sigma_min})")
-            return self
 
     params: Params
+    noise_field = "sigma_max"
+    min_noise_field = "sigma_min"
 
     @property
     def _log_ratio(self) -> float:
@@ -44,16 +44,19 @@ class VESDE(LinearGaussianProcess):
         return torch.ones_like(t)
 
     def sigma(self, t: Tensor) -> Tensor:
-        return self.params.sigma_min * torch.sqrt(torch.expm1(2.0 * self._log_ratio * t))
+        return torch.exp(-self.half_log_snr(t))
 
     def drift_coef(self, t: Tensor) -> Tensor:
         return torch.zeros_like(t)
 
     def diffusion(self, t: Tensor) -> Tensor:
-        return self.params.sigma_min * torch.exp(self._log_ratio * t) * math.sqrt(2.0 * self._log_ratio)
+        return torch.exp(math.log(self.params.sigma_min) + self._log_ratio * t) * math.sqrt(2.0 * self._log_ratio)
 
     def half_log_snr(self, t: Tensor) -> Tensor:
-        return -torch.log(self.sigma(t))
+        """``-log sigma(t)`` with ``sigma(t)^2 = s(t)^2 (1 - (sigma_min / s(t))^2)``, in logs: no overflow
+        of ``s(t)^2`` or of ``(sigma_max / sigma_min)^(2t)`` however wide the noise range."""
+        two_lt = 2.0 * self._log_ratio * t
+        return -(math.log(self.params.sigma_min) + 0.5 * two_lt + 0.5 * torch.log(-torch.expm1(-two_lt)))
 
     def t_from_half_log_snr(self, lam: Tensor) -> Tensor:
         return torch.log1p(torch.exp(-2.0 * lam) / self.params.sigma_min**2) / (2.0 * self._log_ratio)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor
 
 from diffcore.process import LinearGaussianProcess, ProcessParams
@@ -15,11 +15,9 @@ class VPParams(ProcessParams):
     beta_min: float = Field(0.1, gt=0, description="beta(0).")
     beta_max: float = Field(20.0, gt=0, description="beta(1).")
 
-    @model_validator(mode="after")
-    def _ordered(self) -> VPParams:
+    def check(self) -> None:
         if self.beta_max < self.beta_min:
             raise ValueError(f"beta_max ({self.beta_max}) must be at least beta_min ({self.beta_min})")
-        return self
 
 
 class VPSDE(LinearGaussianProcess):
@@ -33,6 +31,8 @@ class VPSDE(LinearGaussianProcess):
     name = "vp"
     Params = VPParams
     params: VPParams
+    noise_field = "beta_max"
+    min_noise_field = "beta_min"
 
     def beta(self, t: Tensor) -> Tensor:
         """``beta(t)``, shape ``(B,)``."""
@@ -60,7 +60,9 @@ class VPSDE(LinearGaussianProcess):
         return torch.sqrt(self.beta(t))
 
     def half_log_snr(self, t: Tensor) -> Tensor:
-        return -0.5 * torch.log(torch.expm1(self.integrated_beta(t)))
+        """``-log(expm1(B)) / 2``, written ``-(B + log(1 - e^-B)) / 2`` so that a large ``B`` cannot overflow."""
+        big_b = self.integrated_beta(t)
+        return -0.5 * (big_b + torch.log(-torch.expm1(-big_b)))
 
     def t_from_half_log_snr(self, lam: Tensor) -> Tensor:
         return self.t_from_integrated_beta(torch.log1p(torch.exp(-2.0 * lam)))
