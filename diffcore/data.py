@@ -17,13 +17,14 @@ from torch import Tensor
 
 from diffcore.component import Component, Params
 from diffcore.errors import UsageError
+from diffcore.limits import Seed
 
 
 class DataParams(Params):
     """What every dataset accepts, besides its own parameters."""
 
     holdout: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction held out as the test split.")
-    split_seed: int = Field(0, ge=0, description="Seed of the (deterministic) train/test permutation.")
+    split_seed: Seed = Field(0, description="Seed of the (deterministic) train/test permutation.")
     scale: Literal["none", "minus_one_one", "standardize"] = Field(
         "none", description="Affine map to the model's range: none; the data's [min, max] to [-1, 1]; "
         "zero mean and unit variance (per dataset, from the training split).")

@@ -36,7 +36,8 @@ class GridParams(Params):
     steps: int = Field(50, gt=0, description="Solver steps from T to t_min.")
     grid: GridKind = Field("uniform", description="Time grid: uniform, quadratic, logsnr (uniform in "
                            "log-SNR) or karras (EDM, with rho).")
-    rho: float = Field(7.0, gt=0, description="Exponent of the karras grid (EDM uses 7).")
+    rho: float = Field(7.0, ge=1.0, le=1000.0, description="Exponent of the karras grid (EDM uses 7); 1 to "
+                       "1000 (below 1 the grid crowds at high noise and overflows, above it collapses).")
 
 
 def time_grid(process: ForwardProcess, steps: int, kind: str = "uniform", *, rho: float = 7.0,

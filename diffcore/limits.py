@@ -97,6 +97,12 @@ EventShape = Annotated[
 ]
 """The shape of one sample: 1 to :data:`MAX_EVENT_DIMS` positive sizes, at most
 :data:`MAX_EVENT_VALUES` values in all."""
+OptionalEventShape = Annotated[
+    list[Annotated[int, Field(gt=0, le=MAX_EVENT_VALUES, strict=True)]],
+    Field(max_length=MAX_EVENT_DIMS),
+    AfterValidator(_event_shape),
+]
+"""Like :data:`EventShape`, or empty (the spec's top-level ``shape``: empty means the model's own)."""
 Levels = Annotated[int, Field(ge=2, le=MAX_STEPS)]
 """A number of noise levels (a ladder from ``T`` to ``t_min``): 2 to :data:`MAX_STEPS`."""
 Classes = Annotated[int, Field(gt=0, le=MAX_CLASSES)]

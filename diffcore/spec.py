@@ -29,7 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from diffcore.errors import RegistryError, SpecError
 from diffcore.inputs import read_bytes
-from diffcore.limits import MAX_INT_DIGITS, MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_VALUES
+from diffcore.limits import MAX_INT_DIGITS, MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_VALUES, OptionalEventShape
 from diffcore.messages import describe_errors, format_problems, type_name
 from diffcore.registry import Entry, Registry, get_registry
 from diffcore.training.config import TrainConfig
@@ -108,7 +108,7 @@ def pipeline_spec_model(registry: Registry | None = None) -> type[PipelineSpecBa
         fields[field] = (list[kind_type(registry, kind)], Field(  # type: ignore[misc]
             default_factory=list, max_length=0 if none else None,
             description=f"{kind.capitalize()} components, applied in order."))
-    fields["shape"] = (list[Annotated[int, Field(gt=0, strict=True)]], Field(
+    fields["shape"] = (OptionalEventShape, Field(
         default_factory=list, description="Shape of one sample; empty: the model's own event shape."))
     model = create_model(
         "PipelineSpec", __base__=PipelineSpecBase,

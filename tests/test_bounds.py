@@ -46,8 +46,8 @@ COMPONENTS = [(kind, name) for kind in ("process", "model", "objective", "sample
               for name in REGISTRY.names(kind)]
 GMM = {"type": "gmm", **REFERENCE_MIXTURE}
 
-NOT_YET_BOUNDED = {("dataset", "split_seed")}
-"""Integer fields declared outside the plugins (diffcore.data.DataParams), awaiting their owner's bound."""
+NOT_YET_BOUNDED: set[tuple[str, str]] = set()
+"""Integer fields awaiting a bound (none)."""
 
 
 @pytest.fixture(scope="module")
