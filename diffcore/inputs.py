@@ -148,8 +148,10 @@ def read_npy(handle: IO[bytes], size: int, *, what: str, kinds: str = "f") -> np
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(handle)
         header_bytes = handle.tell()
-    except (ValueError, SyntaxError, TypeError, EOFError, IndexError) as exc:
-        raise UsageError(f"{what} has a damaged .npy header ({exc}); save it again with numpy.save") from None
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises assorted errors on damaged bytes
+        # (ValueError, SyntaxError, tokenize.TokenError...; the fuzzer found the last one)
+        raise UsageError(f"{what} has a damaged .npy header ({type(exc).__name__}: {exc}); save it again with "
+                         "numpy.save") from None
     if dtype.hasobject or dtype.kind not in kinds or dtype.itemsize > 8 or dtype.fields is not None:
         wanted = "float16, float32 or float64" if kinds == "f" else "bool, integers or floats of at most 64 bits"
         raise UsageError(f"{what} holds {dtype} values, which are not plain numbers of a supported kind; store "

@@ -11,7 +11,8 @@ address-space limit, so one raises ``MemoryError`` instead of taking the machine
 written outside ``--out`` or an existing file replaced.
 
 The cases run in a separate worker process (spawned once, diffcore imported once, restarted if a
-case kills it). The default tier runs a fast slice; ``-m slow`` runs many more examples.
+case kills it). The default tier runs a fast slice (100 cases per fuzzer); ``-m slow`` runs 2000
+per fuzzer. Run with ``-s`` to see the count of cases per command and exit status.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ CASE_SECONDS = 60
 MEMORY_LIMIT = 12 << 30  # address space of the worker: far above any sane case, far below the machine
 FAST = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
-SLOW = settings(max_examples=600, deadline=None, derandomize=True, database=None,
+SLOW = settings(max_examples=2000, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 
 BASE_SPECS: list[dict[str, Any]] = [
@@ -314,6 +315,8 @@ def worker() -> Iterator[Worker]:
     w.stop()
     print(f"\nfuzz cases by (command, exit status): {dict(sorted(OUTCOMES.items()))}")
 
+PROFILES = [pytest.param(FAST, id="fast"), pytest.param(SLOW, id="long", marks=pytest.mark.slow)]
+"""Each fuzzer runs a fast slice in the default tier and twenty times more cases in the slow tier."""
 
 # ---------------------------------------------------------------------------------------------
 # The property
@@ -389,8 +392,9 @@ def _fuzz_spec(worker: Worker, tmp_path: Path, name: str, text: str, command: st
             assert summary["steps"] >= 1 and (box / "run" / "latest").is_file()
 
 
-def test_fuzz_specs(worker: Worker, tmp_path: Path) -> None:
-    @FAST
+@pytest.mark.parametrize("profile", PROFILES)
+def test_fuzz_specs(worker: Worker, tmp_path: Path, profile: settings) -> None:
+    @profile
     @given(spec_texts(), st.sampled_from(["validate", "sample", "sample", "train"]))
     def case(named: tuple[str, str], command: str) -> None:
         _fuzz_spec(worker, tmp_path, *named, command)
@@ -398,10 +402,11 @@ def test_fuzz_specs(worker: Worker, tmp_path: Path) -> None:
     case()
 
 
-def test_fuzz_overrides(worker: Worker, tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", PROFILES)
+def test_fuzz_overrides(worker: Worker, tmp_path: Path, profile: settings) -> None:
     spec = ROOT / "examples" / "gmm2d.yaml"
 
-    @FAST
+    @profile
     @given(st.lists(st.tuples(override_paths, override_values), min_size=1, max_size=3))
     def case(pairs: list[tuple[str, str]]) -> None:
         box = sandbox(tmp_path)
@@ -414,10 +419,11 @@ def test_fuzz_overrides(worker: Worker, tmp_path: Path) -> None:
     case()
 
 
-def test_fuzz_latents(worker: Worker, tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", PROFILES)
+def test_fuzz_latents(worker: Worker, tmp_path: Path, profile: settings) -> None:
     spec = ROOT / "examples" / "gmm2d.yaml"
 
-    @FAST
+    @profile
     @given(npy_files(), st.integers(1, 12))
     def case(data: bytes, num: int) -> None:
         box = sandbox(tmp_path)
@@ -448,14 +454,15 @@ METADATA_KEYS = ["spec", "step", "scaling", "losses", "param_groups", "schedule"
                  "rng", "skipped", "extra"]
 
 
-def test_fuzz_checkpoint_metadata(worker: Worker, tmp_path: Path, trained_run: Path) -> None:
+@pytest.mark.parametrize("profile", PROFILES)
+def test_fuzz_checkpoint_metadata(worker: Worker, tmp_path: Path, trained_run: Path, profile: settings) -> None:
     """Checkpoints whose metadata is rewritten (with valid checksums, so only the content checks can
     catch them) are sampled from and resumed."""
     import shutil
 
     from test_run_dirs import resave
 
-    @FAST
+    @profile
     @given(st.sampled_from(["model", "ema", "state"]), st.dictionaries(st.sampled_from(METADATA_KEYS),
                                                                          st.one_of(values.map(json.dumps),
                                                                                    st.text(max_size=12)),
@@ -474,17 +481,6 @@ def test_fuzz_checkpoint_metadata(worker: Worker, tmp_path: Path, trained_run: P
         else:
             check_case(worker, box, ["train", "run", "--resume", "run", "--device", "cpu", "--no-preview"],
                        outputs=("run",))
-
-    case()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("command", ["validate", "sample", "train"])
-def test_fuzz_specs_long(worker: Worker, tmp_path: Path, command: str) -> None:
-    @SLOW
-    @given(spec_texts())
-    def case(named: tuple[str, str]) -> None:
-        _fuzz_spec(worker, tmp_path, *named, command)
 
     case()
 

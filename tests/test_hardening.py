@@ -185,6 +185,8 @@ def _header_only(path: Path, shape: tuple[int, ...]) -> None:
     (lambda p: _header_only(p, (20_000_000_000_000,)), "header claims shape (20000000000000,)"),
     (lambda p: p.write_bytes(b"PK\x03\x04" + b"\0" * 40), "is a .npz archive (zip)"),
     (lambda p: p.write_bytes(b"\x93NUMPY\x01\x00{garbage"), "damaged .npy header"),
+    (lambda p: p.write_bytes(b"\x93NUMPY\x01\x00v\x00z'descr': '<f4', 'fortran_order': False, 'shape': (), }"
+                             + b" " * 62 + b"\n"), "damaged .npy header (TokenError"),  # found by the fuzzer
     (lambda p: np.save(p, np.zeros((20, 2), dtype=np.float32)), "have shape (20, 2) but 10 samples"),
     (lambda p: np.save(p, np.full((10, 2), np.nan, dtype=np.float32)), "contains NaN or Inf"),
     (lambda p: os.mkfifo(p), "is a FIFO"),
