@@ -85,6 +85,8 @@ def spec(**parts: Any) -> dict[str, Any]:
     (spec(sampler={"type": "langevin", "iterations": 10**12}), ["`sampler.iterations`", str(MAX_STEPS)]),
     (spec(sampler={"type": "probability_flow", "rtol": 1e-300}),
      ["`sampler.rtol`", "greater than or equal to 0.0000000001"]),
+    (spec(sampler={"type": "reverse_sde", "adaptive": True, "rtol": 1e-300, "atol": 1e-300}),  # hung
+     ["`sampler.rtol`", "`sampler.atol`", "greater than or equal to 0.0000000001"]),
     (spec(process={"type": "vp", "beta_max": 1e300}), ["`process`", "lower beta_max to at most 79.8"]),
     (spec(process={"type": "ve", "sigma_max": 1e300}), ["`process`", "lower sigma_max to at most 4.85e+08"]),
     (spec(process={"type": "vp", "t_min": 1e-300}), ["`process`", "raise t_min to at least 4.25e-17"]),
