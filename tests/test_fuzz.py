@@ -346,9 +346,11 @@ OUTCOMES: collections.Counter[tuple[str, int]] = collections.Counter()
 """Cases run per (command, exit status), printed at the end of the module (``pytest -s``)."""
 
 
-def check_case(worker: Worker, box: Path, args: list[str], outputs: tuple[str, ...] = ()) -> tuple[int, str]:
+def check_case(worker: Worker, box: Path, args: list[str], outputs: tuple[str, ...] = (),
+               named_once: str | None = None) -> tuple[int, str]:
     """Run one case and assert the property; ``outputs`` are the paths (relative to ``box``) it may
-    create or change. Returns ``(exit status, stdout)``."""
+    create or change; an error message must name ``named_once`` at most once. Returns ``(exit status,
+    stdout)``."""
     before = _state(box)
     code, out, err, escaped = worker.run(args, box)
     OUTCOMES[args[0], code] += 1
@@ -357,6 +359,7 @@ def check_case(worker: Worker, box: Path, args: list[str], outputs: tuple[str, .
     if code == 2:
         assert err.startswith("diffcore: error: ") and len(err.strip().splitlines()) == 1, (args, err)
         assert "Traceback" not in err
+        assert named_once is None or err.count(named_once) <= 1, (args, err)
     after = _state(box)
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     allowed = {k for k in changed if any(k == o or k.startswith(o + "/") for o in outputs)}
@@ -373,20 +376,22 @@ def check_sample_output(box: Path, out: str, stdout: str) -> None:
 
 
 def _fuzz_spec(worker: Worker, tmp_path: Path, name: str, text: str, command: str) -> None:
+    """One spec case; an error names the spec file once (a message once printed it twice)."""
     box = sandbox(tmp_path)
     (box / name).write_text(text)
     before_sample = ["sample", name, "--num", "3", "--out", "x.npy", "--json"]
     if command == "validate":
-        code, out = check_case(worker, box, ["validate", name])
+        code, out = check_case(worker, box, ["validate", name], named_once=name)
         if code == 0:
             assert ": ok (" in out
     elif command == "sample":
-        code, out = check_case(worker, box, [*before_sample, "--device", "cpu"], outputs=("x.npy",))
+        code, out = check_case(worker, box, [*before_sample, "--device", "cpu"], outputs=("x.npy",),
+                               named_once=name)
         if code == 0:
             check_sample_output(box, "x.npy", out)
     else:
         code, out = check_case(worker, box, ["train", name, "--out", "run", "--device", "cpu", "--no-preview"],
-                               outputs=("run",))
+                               outputs=("run",), named_once=name)
         if code == 0:
             summary = json.loads(out)
             assert summary["steps"] >= 1 and (box / "run" / "latest").is_file()
