@@ -31,7 +31,7 @@ def _describe_mode(mode: int) -> str:
                        (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return name
-    return "not a regular file"
+    return "a special file"
 
 
 def open_regular(path: str | Path, *, what: str, limit: int,
