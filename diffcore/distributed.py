@@ -13,10 +13,12 @@ with the same ``--batch-size`` computes it, so the output is identical.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import torch
@@ -80,8 +82,27 @@ def process_group(device: torch.device) -> Iterator[World]:
     dist.init_process_group(backend)
     try:
         yield current_world(device)
+    except BaseException:
+        _settle(backend)
+        raise
     finally:
         dist.destroy_process_group()
+
+
+SETTLE_SECONDS = 30
+
+
+def _settle(backend: str) -> None:
+    """On the way out of a failed command, wait (at most :data:`SETTLE_SECONDS`) for the other ranks
+    to leave too, so that no rank tears the group down under another one still using it: gloo then
+    aborts the late rank ("terminate called without an active exception", exit by SIGABRT) after
+    its clear message. When every rank fails together (the ranks agree on a failure, see
+    :mod:`diffcore.training.rundir`), they meet here at once; a rank whose peers are gone or busy
+    elsewhere gives up after the timeout."""
+    if backend != "gloo":
+        return  # nccl has no barrier with a timeout; a peer busy elsewhere would make it wait forever
+    with contextlib.suppress(Exception):  # a peer that already left: nothing to wait for
+        dist.monitored_barrier(timeout=timedelta(seconds=SETTLE_SECONDS))
 
 
 def barrier(world: World) -> None:
