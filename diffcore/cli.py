@@ -303,8 +303,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise UsageError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     with process_group(resolve_device(args.device)) as world:
+        from diffcore.distributed import on_every_rank
         from diffcore.training.checkpoint import run_dir_of
-        from diffcore.training.rundir import on_every_rank
         from diffcore.training.setup import run_training, setup_training, summary_json, training_spec
 
         spec, source = on_every_rank(world, lambda: training_spec(args.spec, args.overrides, resume=args.resume),

@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from diffcore.errors import UsageError
+from diffcore.errors import DiffcoreError, UsageError
 
 if TYPE_CHECKING:
     from diffcore.pipeline import Pipeline
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,41 @@ def _settle(backend: str) -> None:
         return  # nccl has no barrier with a timeout; a peer busy elsewhere would make it wait forever
     with contextlib.suppress(Exception):  # a peer that already left: nothing to wait for
         dist.monitored_barrier(timeout=timedelta(seconds=SETTLE_SECONDS))
+
+
+def all_ranks_ok(ok: bool, world: World) -> bool:
+    """Whether ``ok`` holds on every rank (an all-reduce of a flag; ``ok`` itself in one process).
+
+    Every rank must call it at the same point: it is a collective, and it doubles as a barrier."""
+    if not world.distributed:
+        return ok
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int64, device=world.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def on_every_rank(world: World, step: Callable[[], T], what: str) -> T:
+    """Run ``step`` on every rank and agree on the outcome: if it raised a
+    :class:`~diffcore.errors.DiffcoreError` or ``OSError`` on any rank, every rank raises (the rank
+    that failed its own error; the others a :class:`~diffcore.errors.UsageError` pointing at it).
+    ``what`` names the step in that message (``"reading the checkpoint"``)."""
+    error: BaseException | None = None
+    result: T | None = None
+    try:
+        result = step()
+    except (DiffcoreError, OSError) as exc:
+        error = exc
+    if not all_ranks_ok(error is None, world):
+        if error is not None:
+            raise error
+        raise UsageError(f"another process of this torchrun failed while {what}; its message (above) says why")
+    return result  # type: ignore[return-value]
+
+
+def on_main_rank(world: World, step: Callable[[], T], what: str) -> T | None:
+    """Run ``step`` on rank 0 only (writes, the lock) and agree on the outcome as
+    :func:`on_every_rank` does; returns its result on rank 0, ``None`` elsewhere."""
+    return on_every_rank(world, step if world.is_main else (lambda: None), what)
 
 
 def barrier(world: World) -> None:

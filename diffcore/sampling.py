@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffcore.distributed import World, current_world, default_batch_size, sample_chunks
+from diffcore.distributed import World, current_world, default_batch_size, on_main_rank, sample_chunks
 from diffcore.errors import UsageError
 from diffcore.inputs import load_npy, output_file
 from diffcore.pipeline import Pipeline
@@ -123,19 +123,20 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
         raise UsageError(f"--latents have shape {tuple(latents.shape)} but {num} samples of shape "
                          f"{tuple(pipe.shape)} need {(num, *pipe.shape)}; save exactly one start state per sample")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    if world.is_main:
+
+    def open_output() -> np.memmap:  # rank 0 writes; every rank learns if it cannot (on_main_rank)
         _sweep_stale_temporaries(out)
         _check_space(out, num, tuple(pipe.shape))
+        try:
+            return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num, *pipe.shape))
+        except OSError as exc:
+            raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}; check that its folder "
+                             "exists and is writable") from None
+
     start = time.perf_counter()
     nfes: list[int] = []
     try:
-        array = None
-        if world.is_main:
-            try:
-                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num, *pipe.shape))
-            except OSError as exc:
-                raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}; check that its folder "
-                                 "exists and is writable") from None
+        array = on_main_rank(world, open_output, f"preparing --out {out}")
         for lo, x, nfe in sample_chunks(pipe, num, seed=seed, world=world, batch_size=batch_size, latents=latents):
             if array is not None:
                 if scaling is not None:

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from diffcore.component import check_compatible
-from diffcore.distributed import World, current_world, mean_over_ranks
+from diffcore.distributed import World, current_world, mean_over_ranks, on_every_rank, on_main_rank
 from diffcore.errors import TrainingError, UsageError
 from diffcore.model import ScoreModel
 from diffcore.noise import BatchNoise, NoiseSource
@@ -40,7 +40,7 @@ from diffcore.training.checkpoint import (
 )
 from diffcore.training.config import MAX_CONSECUTIVE_SKIPS, TrainConfig
 from diffcore.training.ema import ExponentialMovingAverage
-from diffcore.training.rundir import hold_run_dir, on_every_rank, on_main_rank
+from diffcore.training.rundir import hold_run_dir
 
 
 def lr_factor(cfg: TrainConfig, k: int) -> float:

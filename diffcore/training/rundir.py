@@ -6,9 +6,9 @@ releases it when the process dies: a lock is never stale) for as long as a train
 Holding the lock means nobody else is writing, so stale temporary folders of interrupted writes are
 swept when it is taken (:func:`sweep_stale`).
 
-Under ``torchrun`` only rank 0 locks and writes; :func:`on_main_rank` and :func:`on_every_rank` end
-each fallible step in a collective agreement, so a failure on one rank makes every rank raise a
-:class:`~diffcore.errors.DiffcoreError` instead of leaving the others waiting in a collective.
+Under ``torchrun`` only rank 0 locks and writes, through :func:`~diffcore.distributed.on_main_rank`:
+a failure there makes every rank raise a :class:`~diffcore.errors.DiffcoreError` instead of leaving
+the others waiting in a collective.
 """
 
 from __future__ import annotations
@@ -21,64 +21,18 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-import torch
-
-from diffcore.distributed import World
-from diffcore.errors import DiffcoreError, UsageError
+from diffcore.distributed import World, on_main_rank
+from diffcore.errors import UsageError
 
 LOCK = ".lock"
 _STALE_FOLDER = re.compile(r"\.(step-\d{8})\.\d+\.(tmp|old)")
 _STALE_FILE = re.compile(r"\..+\.\d+\.[0-9a-f]{12}\.tmp")  # diffcore.utils.atomic_write's temporaries
 _HOLDER_BYTES = 1 << 16
-
-T = TypeVar("T")
-
-
-# -- collective agreement ----------------------------------------------------------------------
-
-
-def all_ranks_ok(ok: bool, world: World) -> bool:
-    """Whether ``ok`` holds on every rank (an all-reduce of a flag; ``ok`` itself in one process).
-
-    Every rank must call it at the same point: it is a collective, and it doubles as a barrier."""
-    if not world.distributed:
-        return ok
-    import torch.distributed as dist
-
-    flag = torch.tensor([1 if ok else 0], dtype=torch.int64, device=world.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-def on_every_rank(world: World, step: Callable[[], T], what: str) -> T:
-    """Run ``step`` on every rank and agree on the outcome: if it raised a
-    :class:`~diffcore.errors.DiffcoreError` or ``OSError`` on any rank, every rank raises (the rank
-    that failed its own error; the others a :class:`~diffcore.errors.UsageError` pointing at it).
-    ``what`` names the step in that message (``"reading the checkpoint"``)."""
-    error: BaseException | None = None
-    result: T | None = None
-    try:
-        result = step()
-    except (DiffcoreError, OSError) as exc:
-        error = exc
-    if not all_ranks_ok(error is None, world):
-        if error is not None:
-            raise error
-        raise UsageError(f"another process of this torchrun failed while {what}; its message (above) says why")
-    return result  # type: ignore[return-value]
-
-
-def on_main_rank(world: World, step: Callable[[], T], what: str) -> T | None:
-    """Run ``step`` on rank 0 only (writes, the lock) and agree on the outcome as
-    :func:`on_every_rank` does; returns its result on rank 0, ``None`` elsewhere."""
-    return on_every_rank(world, step if world.is_main else (lambda: None), what)
-
 
 # -- the lock -----------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from torch import Tensor
 from diffcore.component import component_errors
 from diffcore.data import Dataset
 from diffcore.devices import resolve_device
-from diffcore.distributed import World
+from diffcore.distributed import World, on_main_rank
 from diffcore.errors import UsageError
 from diffcore.objective import Objective
 from diffcore.pipeline import Pipeline
@@ -42,7 +42,7 @@ from diffcore.training.checkpoint import (
     spec_or_checkpoint,
 )
 from diffcore.training.loop import Trainer
-from diffcore.training.rundir import hold_run_dir, on_main_rank
+from diffcore.training.rundir import hold_run_dir
 
 
 @dataclass
