@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "runs/<spec name>, or the resumed run's directory)")
     p.add_argument("--resume", type=Path, help="resume from this run directory or checkpoint folder RUN/step-N, "
                    "continuing in RUN unless --out is given")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: steps / 10)")
+    p.add_argument("--checkpoint-every", type=bounded_int(1, MAX_STEPS),
+                   help="steps between checkpoints (default: steps / 10)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-preview", action="store_true",
                    help="skip the sample image and loss curve written at each checkpoint")
@@ -300,8 +301,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None and args.overrides:
         raise UsageError("--set cannot change the spec of a resumed run: it continues with the spec saved in "
                          f"{args.resume}; start a new run with --out to train with other settings")
-    if args.checkpoint_every is not None and args.checkpoint_every < 1:
-        raise UsageError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     with process_group(resolve_device(args.device)) as world:
         from diffcore.distributed import on_every_rank
         from diffcore.training.checkpoint import run_dir_of
