@@ -262,6 +262,16 @@ class _Overriding(Sampler):
         return SampleResult(x=x_T[:-1], nfe=1, steps=1)
 
 
+class _OverridingNaN(_Overriding):
+    """Overrides ``sample`` and returns NaN: the base class's finiteness check is bypassed, core's is not."""
+
+    name = "bad_override_nan"
+
+    def sample(self, score_fn: ScoreFn, process: ForwardProcess, x_T: Tensor, noise: NoiseSource, *,
+               callback: Callback | None = None) -> SampleResult:
+        return SampleResult(x=x_T * float("nan"), nfe=1, steps=1)
+
+
 BAD_SAMPLERS = {
     "bad_list": (lambda x: x.tolist(), "returned a list as samples"),
     "bad_rows": (lambda x: x[:-1], "returned samples of shape (4, 2)"),
@@ -277,7 +287,7 @@ BAD_SAMPLERS = {
 def bad_samplers() -> Iterator[None]:
     registry = get_registry()
     module = types.ModuleType("bad_samplers")
-    classes = [_sampler(name, fn) for name, (fn, _) in BAD_SAMPLERS.items()] + [_Overriding]
+    classes = [_sampler(name, fn) for name, (fn, _) in BAD_SAMPLERS.items()] + [_Overriding, _OverridingNaN]
 
     @hookimpl
     def diffcore_register(register):  # type: ignore[no-untyped-def]
@@ -290,10 +300,14 @@ def bad_samplers() -> Iterator[None]:
     registry.unregister_plugin("bad_samplers")
 
 
-@pytest.mark.parametrize("name", [*BAD_SAMPLERS, "bad_override"])
+OVERRIDING = {"bad_override": "returned samples of shape (4, 2)",
+              "bad_override_nan": "returned NaN or Inf samples without raising NonFiniteError"}
+
+
+@pytest.mark.parametrize("name", [*BAD_SAMPLERS, *OVERRIDING])
 def test_a_plugin_sampler_returning_garbage_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                         bad_samplers: None, name: str) -> None:
-    expect = BAD_SAMPLERS[name][1] if name in BAD_SAMPLERS else "returned samples of shape (4, 2)"
+    expect = BAD_SAMPLERS[name][1] if name in BAD_SAMPLERS else OVERRIDING[name]
     out = tmp_path / "x.npy"
     err = refused(capsys, "sample", str(EXAMPLE), "--num", "5", "--sampler", name, "--out", str(out), expect=expect)
     assert repr(name) in err
