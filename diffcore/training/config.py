@@ -36,6 +36,10 @@ class TrainConfig(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast precision of forward passes: fp32 (none); bf16 (CPU or CUDA); fp16 (CUDA "
         "only, with dynamic gradient scaling). Weights, optimiser and EMA stay in fp32.")
+    label_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Probability of replacing a training label by the model's null label, so "
+        "one network learns the conditional and the unconditional score: what classifier-free guidance needs "
+        "(Ho & Salimans 2022 use 0.1 to 0.2). Class-conditional models only.")
     nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="A step whose loss or global gradient norm is NaN or Inf: stop the run with an "
         "error naming the step (the last checkpoint stays intact), or skip it (no optimiser, schedule or "

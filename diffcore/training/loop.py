@@ -107,6 +107,12 @@ class Trainer:
             raise UsageError(f"train.batch_size {cfg.batch_size} is not divisible by the {self.world.size} "
                              "processes; choose a multiple of the process count")
         self.amp_dtype = _AMP_DTYPES[cfg.precision]
+        if cfg.label_dropout > 0 and (labels is None or model.null_label is None):
+            raise UsageError(f"train.label_dropout is {cfg.label_dropout} but "
+                             + ("the data set has no labels" if labels is None else
+                                f"model {model.name!r} is unconditional (no null label)")
+                             + "; label dropout trains a class-conditional model for classifier-free guidance: "
+                             "set the model's num_classes and use labelled data, or drop train.label_dropout")
         if cfg.precision == "fp16" and data.device.type != "cuda":
             raise UsageError("train.precision fp16 needs CUDA (gradient scaling); use bf16 or fp32 on CPU")
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
@@ -139,6 +145,9 @@ class Trainer:
         rows = rows[lo:lo + local].to(device)
         noise = self._noise.at(self.step)  # samples step * batch_size + lo + j, j < local
         cond = self.labels[rows] if self.labels is not None else None
+        if cond is not None and cfg.label_dropout > 0:  # classifier-free guidance (Ho & Salimans 2022)
+            drop = noise.uniform((), step=0, stream="label_dropout", dtype=torch.float64) < cfg.label_dropout
+            cond = torch.where(drop, torch.full_like(cond, int(self.model.null_label or 0)), cond)
         if not self.model.training:
             self.model.train()
         batch = self.data[rows]
