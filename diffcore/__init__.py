@@ -15,7 +15,9 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from diffcore.classifier import NoiseClassifier
     from diffcore.component import Component, Params
+    from diffcore.condition import Condition
     from diffcore.data import Dataset
     from diffcore.errors import (
         CompatibilityError,
@@ -57,6 +59,8 @@ _EXPORTS: dict[str, str] = {
     "TrainingError": "diffcore.errors",
     "UsageError": "diffcore.errors",
     "Guidance": "diffcore.guidance",
+    "Condition": "diffcore.condition",
+    "NoiseClassifier": "diffcore.classifier",
     "hookimpl": "diffcore.hookspecs",
     "ScoreModel": "diffcore.model",
     "NoiseSource": "diffcore.noise",
@@ -90,11 +94,13 @@ __all__ = [
     "LINEAR_GAUSSIAN",
     "CompatibilityError",
     "Component",
+    "Condition",
     "Dataset",
     "DiffcoreError",
     "ForwardProcess",
     "Guidance",
     "LinearGaussianProcess",
+    "NoiseClassifier",
     "NoiseSource",
     "NonFiniteError",
     "Objective",

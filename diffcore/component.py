@@ -111,7 +111,7 @@ def kind_name(cls: type) -> str:
 
 
 _KIND_BY_BASE = {"ForwardProcess": "process", "ScoreModel": "model", "Objective": "objective", "Sampler": "sampler",
-                 "Guidance": "guidance", "Dataset": "dataset"}
+                 "Guidance": "guidance", "Dataset": "dataset", "NoiseClassifier": "classifier"}
 
 
 def check_compatible(component: Component, process: Component) -> None:

@@ -31,9 +31,9 @@ def diffcore_register(register: Callable[[type[Any]], None]) -> None:
 
     Called once per plugin when the registry loads it (each plugin in isolation). Call
     ``register(SomeClass)`` for every component class: its kind (``process``, ``model``,
-    ``objective``, ``sampler``, ``guidance``) comes from the interface it subclasses and its name
-    from its ``name`` class attribute. If the hook raises, nothing of this plugin is registered and
-    the error is recorded (reported by ``diffcore plugins``); other plugins are unaffected.
+    ``objective``, ``sampler``, ``guidance``, ``dataset``, ``classifier``) comes from the interface
+    it subclasses and its name from its ``name`` class attribute. If the hook raises, nothing of this
+    plugin is registered and the error is recorded (reported by ``diffcore plugins``); other plugins are unaffected.
     """
 
 

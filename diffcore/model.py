@@ -22,6 +22,7 @@ from typing import Literal, Protocol, get_args
 from torch import Tensor, nn
 
 from diffcore.component import Component, component_errors, describe
+from diffcore.condition import Condition
 from diffcore.errors import CompatibilityError, PluginError
 from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, require_linear_gaussian
 from diffcore.utils import bcast
@@ -109,18 +110,22 @@ def convert(output: Tensor, kind: str, target: str, x: Tensor, t: Tensor, proces
 
 
 class ConditionalScoreFn(Protocol):
-    """``(x, t, cond) -> score``, shapes ``(B, *event), (B,), (B, ...) or None -> (B, *event)``."""
+    """``(x, t, cond) -> score``: ``x`` ``(B, *event)``, ``t`` ``(B,)`` and a
+    :class:`~diffcore.condition.Condition` of ``B`` rows to a score ``(B, *event)``."""
 
-    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor: ...
+    def __call__(self, x: Tensor, t: Tensor, cond: Condition) -> Tensor: ...
 
 
 def score_function(model: ScoreModel, process: ForwardProcess) -> ConditionalScoreFn:
     """The score ``(x, t, cond) -> (B, *event)`` of ``model`` under ``process``, whatever the model
-    predicts: the one place a model's output becomes a score (samplers, guidance, objectives)."""
+    predicts: the one place a model's output becomes a score (samplers, guidance, objectives). A
+    class-conditional model receives ``cond.labels`` (``None``: its null label); an unconditional
+    model ignores the condition."""
 
-    def score(x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+    def score(x: Tensor, t: Tensor, cond: Condition) -> Tensor:
+        labels = cond.labels if model.conditional else None
         with component_errors(model, "computing its output"):
-            out = model(x, t, cond)
+            out = model(x, t, labels)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
             raise PluginError(f"model {model.name!r} ({type(model).__module__}) returned {got} for input of shape "

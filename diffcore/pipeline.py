@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from diffcore.component import check_compatible, component_errors
+from diffcore.condition import Condition
 from diffcore.errors import PluginError, UsageError
 from diffcore.guidance import Guidance
 from diffcore.model import ConditionalScoreFn, ScoreModel, score_function
@@ -47,6 +49,7 @@ class Pipeline:
         for component in (self.sampler, self.model, *self.guidance):
             check_compatible(component, self.process)
         self.model.bind(self.process)
+        self.guidance = list(self.guidance)
         model_shape = tuple(self.model.event_shape or ())
         self.shape = tuple(self.shape) or model_shape
         if not self.shape:
@@ -56,6 +59,9 @@ class Pipeline:
             raise UsageError(f"`shape` {list(self.shape)} holds {math.prod(self.shape)} values per sample but "
                              f"model {self.model.name!r} has {math.prod(model_shape)} ({list(model_shape)}); "
                              "fix `shape` or drop it to use the model's")
+        for g in self.guidance:
+            with component_errors(g, "checking the pipeline"):
+                g.check(self.model, self.process, self.shape)
 
     @classmethod
     def from_spec(cls, source: str | Path | Mapping[str, Any] | PipelineSpecBase,
@@ -85,42 +91,70 @@ class Pipeline:
             sampler = built
         return Pipeline(self.process, self.model, sampler, self.guidance, self.shape)
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The score model and the networks the guidance evaluates (a classifier, say)."""
+        return [self.model, *(net for g in self.guidance for net in g.networks())]
+
     def conditional_score_fn(self) -> ConditionalScoreFn:
-        """``(x, t, cond) -> score`` of the model, with every guidance applied in order."""
+        """``(x, t, cond) -> score`` of the model, with every guidance applied in order (the first
+        wraps the model's score)."""
         fn = score_function(self.model, self.process)
         for g in self.guidance:
             with component_errors(g, "wrapping the score"):
                 fn = _reported(g, g.guide(fn, self.process))
         return fn
 
-    def score_fn(self, cond: Tensor | None = None) -> ScoreFn:
-        """The guided score ``(x, t) -> (B, *event)`` with the condition bound."""
-        fn = self.conditional_score_fn()
-        return lambda x, t: fn(x, t, cond)
+    def score_fn(self, cond: Condition | Tensor | None = None) -> ScoreFn:
+        """The guided score ``(x, t) -> (B, *event)`` with the condition (or labels ``(B,)``) bound."""
+        fn, bound = self.conditional_score_fn(), Condition.of(cond)
+        return lambda x, t: fn(x, t, bound)
 
     def to(self, device: torch.device | str) -> Pipeline:
-        """Move the model (and anything it holds) to ``device``."""
-        self.model.to(device)
+        """Move the model and the guidance's networks (and anything they hold) to ``device``."""
+        for net in self.networks():
+            net.to(device)
         return self
+
+    def check_condition(self, cond: Condition, num: int) -> None:
+        """Refuse, before sampling, a condition without one row per sample, or without a field a
+        guidance component reads, or with values one refuses; and labels outside a conditional
+        model's range."""
+        cond.check(num, self.shape)
+        for g in self.guidance:
+            missing = sorted(g.needs - cond.given())
+            if missing:
+                raise UsageError(f"guidance {g.name!r} needs {' and '.join(missing)}: {_HOW_TO_GIVE[missing[0]]}")
+            with component_errors(g, "checking the condition"):
+                g.check_condition(cond)
+        null = self.model.null_label
+        if cond.labels is not None and null is not None:
+            bad = (cond.labels < 0) | (cond.labels > null)
+            if bool(bad.any()):
+                raise UsageError(f"model {self.model.name!r} has classes 0 to {null - 1} (and {null}, its null label), "
+                                 f"but labels such as {int(cond.labels[bad][0])} were given")
 
     def iter_samples(self, num: int, *, seed: int, batch_size: int | None = None, start: int = 0,
                      latents: Tensor | None = None, device: torch.device | str | None = None,
-                     dtype: torch.dtype = torch.float32, cond: Tensor | None = None,
+                     dtype: torch.dtype = torch.float32, cond: Condition | Tensor | None = None,
                      callback: Callback | None = None) -> Iterator[tuple[int, SampleResult]]:
         """Yield ``(first index, result)`` for chunks of at most ``batch_size`` samples.
 
         Samples ``start, ..., start + num - 1`` are drawn; sample ``i`` depends only on ``seed`` and
         ``i`` (the noise is counter-based), so the chunking never changes the result of a fixed-step
-        sampler. ``latents`` ``(num, *shape)`` replaces the prior draw at ``T``; ``cond``
-        ``(num, ...)`` is sliced along with the chunks.
+        sampler. ``latents`` ``(num, *shape)`` replaces the prior draw at ``T``; ``cond``, a
+        :class:`~diffcore.condition.Condition` or class labels ``(num,)``, is checked before the first
+        chunk and sliced along with the chunks. Each result counts the network forward passes per
+        sample (``forward_passes``): a pass over ``k B`` rows of a chunk of ``B`` counts ``k``.
         """
         if num < 1:
             raise UsageError(f"the number of samples must be positive, got {num}")
         if latents is not None and tuple(latents.shape) != (num, *self.shape):
             raise UsageError(f"latents have shape {tuple(latents.shape)} but {num} samples of shape "
                              f"{self.shape} need {(num, *self.shape)}")
+        condition = Condition.of(cond)
+        self.check_condition(condition, num)
         device = torch.device(device) if device is not None else _model_device(self.model)
-        self.model.to(device)
+        self.to(device)
         batch_size = batch_size or num
         if batch_size < 1:
             raise UsageError(f"batch size must be positive, got {batch_size}")
@@ -131,11 +165,17 @@ class Pipeline:
                 x_T = latents[lo:hi].to(device=device, dtype=dtype)
             else:
                 x_T = self.process.prior_sample(noise, self.shape, dtype=dtype)
-            chunk_cond = cond[lo:hi].to(device) if cond is not None else None
-            with torch.no_grad(), component_errors(self.sampler, "sampling"):
+            chunk_cond = condition.rows(lo, hi).to(device, dtype)
+            with torch.no_grad(), count_rows(self.networks()) as rows, component_errors(self.sampler, "sampling"):
                 result = self.sampler.sample(self.score_fn(chunk_cond), self.process, x_T, noise,
                                              callback=callback)
             result = check_result(result, x_T, self.sampler)
+            x = result.x
+            with torch.no_grad():
+                for g in self.guidance:
+                    with component_errors(g, "finishing the samples"):
+                        x = g.finalize(x, chunk_cond, self.process)
+            result = check_result(replace(result, x=x, forward_passes=rows[0] // (hi - lo)), x_T, self.sampler)
             # Sampler.sample checks finiteness (with the step and time); a sampler overriding it is checked here
             overrides_sample = type(self.sampler).sample is not Sampler.sample
             if overrides_sample and not bool(torch.isfinite(result.x).all()):
@@ -149,12 +189,39 @@ class Pipeline:
         parts = list(self.iter_samples(num, seed=seed, **kwargs))
         x = torch.cat([r.x for _, r in parts])
         steps = [r.steps for _, r in parts if r.steps is not None]
-        return SampleResult(x=x, nfe=max(r.nfe for _, r in parts), steps=max(steps) if steps else None)
+        passes = [r.forward_passes for _, r in parts if r.forward_passes is not None]
+        return SampleResult(x=x, nfe=max(r.nfe for _, r in parts), steps=max(steps) if steps else None,
+                            forward_passes=max(passes) if passes else None)
+
+
+_HOW_TO_GIVE = {
+    "labels": "pass --label Y or --labels LABELS.npy to `diffcore sample` (Python: cond=Condition(labels=...))",
+    "mask": "pass --mask MASK.npy (True where observed) to `diffcore sample` (Python: Condition(mask=...))",
+    "observed": "pass --observed VALUES.npy to `diffcore sample` (Python: Condition(observed=...))",
+}
+
+
+@contextmanager
+def count_rows(networks: Sequence[torch.nn.Module]) -> Iterator[list[int]]:
+    """Count the rows (batch entries) of every forward pass of ``networks`` while the block runs:
+    yields a one-element list holding the running total."""
+    total = [0]
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        first = args[0] if args else None
+        total[0] += int(first.shape[0]) if isinstance(first, Tensor) and first.ndim else 1
+
+    handles = [net.register_forward_pre_hook(hook) for net in networks]
+    try:
+        yield total
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _reported(guidance: Guidance, fn: ConditionalScoreFn) -> ConditionalScoreFn:
     """``fn`` with its failures reported as the guidance's (see :func:`component_errors`)."""
-    def guided(x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+    def guided(x: Tensor, t: Tensor, cond: Condition) -> Tensor:
         with component_errors(guidance, "guiding the score"):
             return fn(x, t, cond)
     return guided

@@ -23,6 +23,7 @@ from typing import Any
 import pluggy
 
 from diffcore import hookspecs
+from diffcore.classifier import NoiseClassifier
 from diffcore.component import Component, Params, component_errors
 from diffcore.data import Dataset
 from diffcore.entry_points import (
@@ -51,6 +52,7 @@ KINDS: dict[str, type[Component]] = {
     "sampler": Sampler,
     "guidance": Guidance,
     "dataset": Dataset,
+    "classifier": NoiseClassifier,
 }
 """Component kinds and the interface each one implements."""
 

@@ -36,12 +36,15 @@ Callback = Callable[[StepInfo], None]
 
 @dataclass(frozen=True)
 class SampleResult:
-    """Samples ``x`` ``(B, *event)``, the number of score evaluations and of solver steps (``None``
-    where the solver does not report them, e.g. adaptive torchdiffeq methods)."""
+    """Samples ``x`` ``(B, *event)``, the number of (guided) score evaluations, of solver steps
+    (``None`` where the solver does not report them, e.g. adaptive torchdiffeq methods) and of network
+    forward passes per sample, filled in by the pipeline: classifier-free guidance's batched pass
+    over ``2 B`` rows counts 2, a classifier's pass 1 more (``None`` where not counted)."""
 
     x: Tensor
     nfe: int
     steps: int | None
+    forward_passes: int | None = None
 
 
 def check_result(result: object, x_T: Tensor, sampler: Component) -> SampleResult:
@@ -58,8 +61,10 @@ def check_result(result: object, x_T: Tensor, sampler: Component) -> SampleResul
     if x.shape != x_T.shape or x.dtype != x_T.dtype or x.device != x_T.device:
         raise PluginError(f"{who} returned samples of shape {tuple(x.shape)}, {x.dtype} on {x.device} from start "
                           f"states of shape {tuple(x_T.shape)}, {x_T.dtype} on {x_T.device}; they must match")
-    if not isinstance(result.nfe, int) or result.nfe < 0 or not (result.steps is None or isinstance(result.steps, int)):
-        raise PluginError(f"{who} reported nfe={result.nfe!r}, steps={result.steps!r}; expected counts (int)")
+    counts = (result.steps, result.forward_passes)
+    if not isinstance(result.nfe, int) or result.nfe < 0 or not all(c is None or isinstance(c, int) for c in counts):
+        raise PluginError(f"{who} reported nfe={result.nfe!r}, steps={result.steps!r}, "
+                          f"forward_passes={result.forward_passes!r}; expected counts (int)")
     return result
 
 

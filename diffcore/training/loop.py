@@ -64,11 +64,20 @@ class TrainResult:
 
 
 class _Replicated(DistributedDataParallel):
-    """DistributedDataParallel around a score model, still exposing the ``output`` kind objectives read."""
+    """DistributedDataParallel around a score model, still exposing what objectives read: the ``output``
+    kind and whether it is class-conditional."""
 
     @property
     def output(self) -> str:
         return str(self.module.output)
+
+    @property
+    def null_label(self) -> int | None:
+        return self.module.null_label  # type: ignore[no-any-return]
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.module.conditional)
 
 
 _AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

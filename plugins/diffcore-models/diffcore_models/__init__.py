@@ -1,4 +1,5 @@
-"""Standard score models: ``gmm``, the analytic Gaussian mixture."""
+"""Standard analytic models: the Gaussian mixture ``gmm`` (a score model) and its exact class
+posterior ``gmm`` (a noise-conditional classifier)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 from diffcore import hookimpl
-from diffcore_models.gmm import GaussianMixture
+from diffcore_models.gmm import GaussianMixture, GaussianMixtureClassifier
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "GaussianMixtureClassifier"]
 
 
 @hookimpl
 def diffcore_register(register: Callable[[type[Any]], None]) -> None:
     register(GaussianMixture)
+    register(GaussianMixtureClassifier)

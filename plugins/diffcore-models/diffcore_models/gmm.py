@@ -7,6 +7,12 @@ If ``p_0 = sum_k w_k N(mu_k, diag(v_k))`` and ``x_t = alpha(t) x_0 + sigma(t) z`
 
 with responsibilities ``r_k(x)`` proportional to ``w_k N(x; alpha mu_k, alpha^2 v_k + sigma^2)``.
 It is the ground truth every sampler, objective and likelihood routine is checked against.
+
+With ``labels`` (one class per component) the mixture is class-conditional: ``p_0(x | y)`` is the
+mixture of the components of class ``y`` (their weights renormalised), so its exact score is the
+sum above over those components only, and the null label (``C``, the number of classes) gives the
+whole mixture. The analytic classifier :class:`GaussianMixtureClassifier` computes the exact class
+posterior ``p_t(y | x) = sum_{k in y} r_k(x)``. Together they are the ground truth of guidance.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from einops import rearrange
 from pydantic import Field, PositiveFloat, model_validator
 from torch import Tensor
 
+from diffcore.classifier import NoiseClassifier
 from diffcore.component import Params
 from diffcore.errors import CompatibilityError
 from diffcore.limits import MAX_COMPONENTS, MAX_EVENT_VALUES, check_total
@@ -38,10 +45,21 @@ class GMMParams(Params):
         min_length=1, max_length=MAX_COMPONENTS, description="K means of dimension D.")
     variances: list[Annotated[list[PositiveFloat], Field(max_length=MAX_EVENT_VALUES)]] = Field(
         min_length=1, max_length=MAX_COMPONENTS, description="K diagonal variances of dimension D.")
+    labels: list[Annotated[int, Field(ge=0, lt=MAX_COMPONENTS)]] | None = Field(
+        None, max_length=MAX_COMPONENTS, description="The class of each component (0 to C-1, every class used): "
+        "a class-conditional mixture whose null label C means the whole mixture. None: unconditional.")
 
     @model_validator(mode="after")
     def _shapes(self) -> GMMParams:
         k = len(self.weights)
+        if self.labels is not None:
+            if len(self.labels) != k:
+                raise ValueError(f"labels needs one class per component: got {len(self.labels)} labels for {k} "
+                                 "components")
+            unused = sorted(set(range(max(self.labels) + 1)) - set(self.labels))
+            if unused:
+                raise ValueError(f"labels must use every class from 0 to {max(self.labels)}; no component has "
+                                 f"class {unused[0]}")
         if len(self.means) != k or len(self.variances) != k:
             raise ValueError(f"weights, means and variances need one entry per component; got "
                              f"{k} weights, {len(self.means)} means, {len(self.variances)} variances")
@@ -90,14 +108,24 @@ class GaussianMixture(ScoreModel):
     def num_components(self) -> int:
         return len(self.params.weights)
 
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes ``C`` of a labelled mixture, ``None`` without labels."""
+        return None if self.params.labels is None else max(self.params.labels) + 1
+
+    @property
+    def null_label(self) -> int | None:
+        return self.num_classes
+
     def bind(self, process: ForwardProcess) -> None:
-        self._process = require_linear_gaussian(process, "the gmm model")
+        self._process = require_linear_gaussian(process, f"the {self.name} {type(self).__name__}")
 
     def _marginal_terms(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``diff = x - alpha mu_k`` and ``var = alpha^2 v_k + sigma^2``, both ``(B, K, D)``, and the
         component log-densities ``(B, K)``, computed in ``x``'s dtype."""
         if self._process is None:
-            raise CompatibilityError("gmm is not bound to a process; assemble it in a Pipeline or call bind()")
+            raise CompatibilityError(f"{self.name} is not bound to a process; assemble it in a Pipeline or "
+                                     "call bind()")
         flat = rearrange(x, "b ... -> b (...)")
         if flat.shape[1] != self.dim:
             raise ValueError(f"gmm has dimension {self.dim} but x has {flat.shape[1]} elements per sample")
@@ -109,15 +137,39 @@ class GaussianMixture(ScoreModel):
         log_comp = self.log_weights.to(x.dtype) - 0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).sum(-1)
         return diff, var, log_comp
 
+    def _of_class(self, log_comp: Tensor, cond: Tensor | None) -> Tensor:
+        """``log_comp`` ``(B, K)`` with the components outside each row's class at ``-inf`` (rows with
+        the null label, or ``cond=None``, keep every component)."""
+        if cond is None or self.params.labels is None:
+            return log_comp
+        labels = torch.tensor(self.params.labels, device=log_comp.device)
+        null = cond.long() == int(self.num_classes or 0)
+        keep = (labels[None, :] == cond.long()[:, None]) | null[:, None]
+        return log_comp.masked_fill(~keep, -math.inf)
+
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         diff, var, log_comp = self._marginal_terms(x, t)
-        resp = torch.softmax(log_comp, dim=1)[:, :, None]  # (B, K, 1)
+        resp = torch.softmax(self._of_class(log_comp, cond), dim=1)[:, :, None]  # (B, K, 1)
         score = -(resp * diff / var).sum(1)  # no matmul: the result for a row never depends on the batch
         return score.reshape(x.shape)
 
-    def log_prob(self, x: Tensor, t: Tensor) -> Tensor:
-        """Exact ``log p_t(x)``, shape ``(B,)``."""
-        return torch.logsumexp(self._marginal_terms(x, t)[2], dim=1)
+    def log_prob(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Exact ``log p_t(x)`` (or ``log p_t(x | y)`` with labels ``cond`` ``(B,)``), shape ``(B,)``."""
+        log_comp = self._of_class(self._marginal_terms(x, t)[2], cond)
+        if cond is not None and self.params.labels is not None:  # renormalise the class's weights
+            log_comp = log_comp - self._of_class(self.log_weights.to(x.dtype).expand_as(log_comp), cond).logsumexp(
+                1, keepdim=True)
+        return torch.logsumexp(log_comp, dim=1)
+
+    def class_log_posterior(self, x: Tensor, t: Tensor) -> Tensor:
+        """Exact ``log p_t(y | x)`` ``(B, C)`` of a labelled mixture: ``log sum_{k of class y} r_k(x)``."""
+        if self.params.labels is None:
+            raise CompatibilityError(f"{self.name}: the class posterior needs labels (one class per component)")
+        log_resp = torch.log_softmax(self._marginal_terms(x, t)[2], dim=1)  # (B, K)
+        labels = torch.tensor(self.params.labels, device=x.device)
+        classes = torch.arange(self.num_classes or 0, device=x.device)
+        member = labels[None, :] == classes[:, None]  # (C, K)
+        return torch.logsumexp(log_resp[:, None, :].masked_fill(~member[None], -math.inf), dim=2)
 
     @property
     def component_weights(self) -> Tensor:
@@ -135,3 +187,36 @@ class GaussianMixture(ScoreModel):
         z = torch.randn(num, self.dim, generator=generator, dtype=torch.float64)
         x = self.means.cpu()[labels] + self.variances.cpu()[labels].sqrt() * z
         return x, labels
+
+
+class GMMClassifierParams(GMMParams):
+    """The mixture of the ``gmm`` model with ``labels`` required."""
+
+    labels: list[Annotated[int, Field(ge=0, lt=MAX_COMPONENTS)]] = Field(  # type: ignore[assignment]
+        max_length=MAX_COMPONENTS, description="The class of each component (0 to C-1, every class used).")
+
+
+class GaussianMixtureClassifier(NoiseClassifier):
+    """The exact noise-conditional classifier of a labelled Gaussian mixture: logits
+    ``log p_t(y | x)`` ``(B, C)`` with ``p_t(y | x) = sum_{k of class y} r_k(x)``, the posterior of
+    the perturbed mixture (the module docstring). Classifier guidance with it at scale 1 over the
+    unlabelled ``gmm`` samples exactly ``p(x | y)``: the ground truth of the guidance tests."""
+
+    name = "gmm"
+    Params = GMMClassifierParams
+    params: GMMClassifierParams
+
+    def __init__(self, params: GMMClassifierParams | None = None, /, **kwargs: object) -> None:
+        super().__init__(params, **kwargs)
+        self.mixture = GaussianMixture(**self.params.model_dump())
+        self.event_shape = self.mixture.event_shape
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.params.labels) + 1
+
+    def bind(self, process: ForwardProcess) -> None:
+        self.mixture.bind(process)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.mixture.class_log_posterior(x, t)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffcore.condition import Condition
 from diffcore.model import ScoreModel, score_function
 from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, LinearGaussianProcess
@@ -39,4 +40,4 @@ def score_on_noisy_data(model: ScoreModel, process: LinearGaussianProcess, x0: T
     t = uniform_times(process, noise, x0.dtype)
     x_t, _ = perturb(process, x0, t, noise)
     x_t = x_t.detach().requires_grad_(True)
-    return t, x_t, score_function(model, process)(x_t, t, cond)
+    return t, x_t, score_function(model, process)(x_t, t, Condition(labels=cond))
