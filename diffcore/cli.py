@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 from diffcore.commands import bounded_int
 from diffcore.entry_points import DEBUG_ENV
 from diffcore.errors import DiffcoreError, UsageError
-from diffcore.limits import MAX_SAMPLES, MAX_STEPS
+from diffcore.limits import MAX_CLASSES, MAX_SAMPLES, MAX_STEPS
 
 EXIT_USAGE = 2
 
@@ -184,7 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-range", action="store_true",
                    help="keep the model's scaled values (default: map back to the data's raw range when the "
                    "spec has a data section)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary (NFE, seconds, ...)")
+    p.add_argument("--label", type=bounded_int(0, MAX_CLASSES),
+                   help="class label of every sample (class-conditional models; guidance cfg or classifier)")
+    p.add_argument("--labels", type=Path, help=".npy of shape (num,): one integer class label per sample")
+    p.add_argument("--mask", type=Path, help=".npy of booleans, True where a value is observed (guidance inpaint "
+                   "or dps): shape (num, *shape), or the sample shape for one mask shared by all")
+    p.add_argument("--observed", type=Path, help=".npy of the observed values (model range), shaped like --mask; "
+                   "for dps with a matrix A (m, D), the measurements (num, m) or (m,)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary (NFE, forward passes, seconds, ...)")
     _add_set(p)
     p.set_defaults(func=cmd_sample)
 
@@ -258,10 +265,18 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from diffcore.pipeline import Pipeline
     from diffcore.registry import get_registry
+    from diffcore.spec import is_classifier_spec, load_spec
 
-    pipe = Pipeline.from_spec(args.spec, args.overrides)
-    print(f"{args.spec}: ok (process {pipe.process.name}, model {pipe.model.name}, sampler "
-          f"{pipe.sampler.name}, shape {list(pipe.shape)})")
+    spec = load_spec(args.spec, args.overrides)
+    if is_classifier_spec(spec):
+        kind, params = spec.component("classifier")
+        get_registry().build("classifier", kind, **params)
+        print(f"{args.spec}: ok (a classifier spec: process {spec.component('process')[0]}, classifier {kind})")
+    else:
+        pipe = Pipeline.from_spec(spec)
+        print(f"{args.spec}: ok (process {pipe.process.name}, model {pipe.model.name}, sampler "
+              f"{pipe.sampler.name}, shape {list(pipe.shape)}"
+              + (f", guidance {', '.join(g.name for g in pipe.guidance)})" if pipe.guidance else ")"))
     errors = get_registry().errors()
     if errors:  # the spec did not need the broken plugins, but the user should know they are broken
         print(f"diffcore: warning: {len(errors)} plugin error(s); `diffcore plugins` lists them: {errors[0]}",
@@ -276,21 +291,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     output_file(args.out)
     with process_group(resolve_device(args.device)) as world:
-        from diffcore.sampling import data_scaling, load_for_sampling, load_latents, sample_to_file
+        from diffcore.sampling import data_scaling, load_condition, load_for_sampling, load_latents, sample_to_file
 
         pipe, spec, meta = load_for_sampling(args.spec, sampler=args.sampler, steps=args.steps,
                                              overrides=args.overrides)
         scaling = None if args.model_range else data_scaling(spec, meta)
         latents = load_latents(args.latents) if args.latents is not None else None
+        cond = load_condition(pipe, args.num, label=args.label, labels=args.labels, mask=args.mask,
+                              observed=args.observed)
         summary = sample_to_file(pipe, args.out, args.num, seed=args.seed, batch_size=args.batch_size,
-                                 latents=latents, scaling=scaling, world=world)
+                                 latents=latents, scaling=scaling, world=world, cond=cond)
     if summary is None:  # not the main process
         return 0
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"wrote {args.num} samples of shape {tuple(pipe.shape)} to {args.out} (sampler {pipe.sampler.name}, "
-              f"NFE {summary['nfe']}, {summary['seconds']:.2f} s on {world.size} x {world.device})")
+        guided = f", guidance {', '.join(summary['guidance'])}" if summary["guidance"] else ""
+        print(f"wrote {args.num} samples of shape {tuple(pipe.shape)} to {args.out} (sampler {pipe.sampler.name}"
+              f"{guided}, NFE {summary['nfe']}, {summary['forward_passes']} network passes per sample, "
+              f"{summary['seconds']:.2f} s on {world.size} x {world.device})")
     return 0
 
 

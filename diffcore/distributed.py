@@ -27,6 +27,7 @@ import torch.distributed as dist
 from diffcore.errors import DiffcoreError, UsageError
 
 if TYPE_CHECKING:
+    from diffcore.condition import Condition
     from diffcore.pipeline import Pipeline
 
 T = TypeVar("T")
@@ -172,31 +173,33 @@ def default_batch_size(num: int, shape: tuple[int, ...], world: World) -> int:
 
 
 def sample_chunks(pipe: Pipeline, num: int, *, seed: int, world: World, batch_size: int | None = None,
-                  latents: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, int]]:
-    """Yield ``(first index, samples on CPU, NFE)`` per chunk of ``num`` samples, on the main process
-    (other ranks yield nothing).
+                  latents: torch.Tensor | None = None,
+                  cond: Condition | None = None) -> Iterator[tuple[int, torch.Tensor, int, int]]:
+    """Yield ``(first index, samples on CPU, NFE, forward passes per sample)`` per chunk of ``num``
+    samples, on the main process (other ranks yield nothing).
 
     Chunk ``c`` (of ``batch_size``, default :func:`default_batch_size`) is drawn by rank ``c mod N`` and
     sent to rank 0; each chunk is computed exactly as a single process with the same ``batch_size``
-    computes it. ``latents`` ``(num, *shape)``: the start states, sliced per chunk.
+    computes it. ``latents`` ``(num, *shape)`` and ``cond`` (``num`` rows): sliced per chunk.
     """
     batch = batch_size or default_batch_size(num, tuple(pipe.shape), world)
     for c, lo in enumerate(range(0, num, batch)):
         hi, owner = min(num, lo + batch), c % world.size
         if owner == world.rank:
             _, result = next(pipe.iter_samples(hi - lo, seed=seed, start=lo, device=world.device,
-                                               latents=latents[lo:hi] if latents is not None else None))
-            x, nfe = result.x.detach(), result.nfe
+                                               latents=latents[lo:hi] if latents is not None else None,
+                                               cond=cond.rows(lo, hi) if cond is not None else None))
+            x, nfe, passes = result.x.detach(), result.nfe, result.forward_passes or 0
             if not world.is_main:
                 dist.send(x.contiguous(), dst=0)
-                dist.send(torch.tensor([nfe], device=x.device), dst=0)
+                dist.send(torch.tensor([nfe, passes], device=x.device), dst=0)
                 continue
         elif world.is_main:
             x = torch.empty((hi - lo, *pipe.shape), device=world.device)
-            count = torch.zeros(1, dtype=torch.int64, device=world.device)
+            counts = torch.zeros(2, dtype=torch.int64, device=world.device)
             dist.recv(x, src=owner)
-            dist.recv(count, src=owner)
-            nfe = int(count)
+            dist.recv(counts, src=owner)
+            nfe, passes = (int(v) for v in counts.tolist())
         else:
             continue
-        yield lo, x.cpu(), nfe
+        yield lo, x.cpu(), nfe, passes

@@ -31,7 +31,7 @@ from diffcore.noise import NoiseSource
 from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.registry import Registry, get_registry
 from diffcore.sampler import Callback, Sampler, SampleResult, check_result
-from diffcore.spec import PipelineSpecBase, load_spec
+from diffcore.spec import PipelineSpecBase, is_classifier_spec, load_spec
 
 
 @dataclass
@@ -69,6 +69,10 @@ class Pipeline:
         """Assemble from a spec file, a mapping or a validated spec, with ``--set``-style overrides."""
         registry = registry or get_registry()
         spec = source if isinstance(source, PipelineSpecBase) else load_spec(source, overrides, registry=registry)
+        if is_classifier_spec(spec):
+            raise UsageError("this spec trains a noise-conditional classifier (it has `classifier`, no model or "
+                             "sampler): train it with `diffcore train`, then guide a score model's sampling with it: "
+                             "guidance: [{type: classifier, run: RUN}]")
 
         def build(kind: str, item: Any) -> Any:
             params = dict(item.model_dump())

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffcore.condition import Condition
 from diffcore.distributed import World, current_world, default_batch_size, on_main_rank, sample_chunks
 from diffcore.errors import UsageError
 from diffcore.inputs import load_npy, output_file
@@ -67,6 +68,34 @@ def data_scaling(spec: PipelineSpecBase, meta: dict[str, Any]) -> tuple[float, f
     return float(shift), float(mult)
 
 
+def load_condition(pipe: Pipeline, num: int, *, label: int | None = None, labels: Path | None = None,
+                   mask: Path | None = None, observed: Path | None = None) -> Condition | None:
+    """The condition of ``diffcore sample``'s ``--label``, ``--labels``, ``--mask`` and ``--observed``
+    (``None`` when none is given), with ``num`` rows.
+
+    ``--labels`` holds ``(num,)`` integers. ``--mask`` (booleans, or 0/1) and ``--observed`` hold one
+    array per sample, ``(num, ...)``, or a single one shared by every sample: an array of the sample
+    shape itself (or, for measurements of a matrix operator, ``(m,)``). Observed values are in the
+    model's range (the range ``--model-range`` writes)."""
+    if label is not None and labels is not None:
+        raise UsageError("give --label (one label for every sample) or --labels (a file), not both")
+    fields: dict[str, torch.Tensor] = {}
+    if label is not None:
+        fields["labels"] = torch.full((num,), label, dtype=torch.long)
+    if labels is not None:
+        fields["labels"] = torch.from_numpy(load_npy(labels, what="--labels", kinds="iu").astype(np.int64))
+    for name, path, kinds in (("mask", mask, "biu"), ("observed", observed, "fiu")):
+        if path is None:
+            continue
+        array = torch.from_numpy(load_npy(path, what=f"--{name}", kinds=kinds))
+        if name == "mask" and not bool(((array == 0) | (array == 1)).all()):
+            raise UsageError(f"--mask {path} must hold booleans or 0/1 (True where observed)")
+        array = array.bool() if name == "mask" else array.to(torch.float32)
+        per_sample = tuple(array.shape) != tuple(pipe.shape) and array.ndim >= 2 and array.shape[0] == num
+        fields[name] = array if per_sample else array.expand(num, *array.shape).clone()
+    return Condition(**fields) if fields else None
+
+
 def load_latents(path: Path) -> torch.Tensor:
     """A ``.npy`` float array of start states (see :func:`diffcore.inputs.load_npy`: never
     unpickled, header checked before reading); refuses NaN and Inf."""
@@ -105,8 +134,10 @@ def _check_space(out: Path, num: int, shape: tuple[int, ...]) -> None:
 
 def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_size: int | None = None,
                    latents: torch.Tensor | None = None, scaling: tuple[float, float] | None = None,
-                   world: World | None = None, device: torch.device | str | None = None) -> dict[str, Any] | None:
-    """Draw ``num`` samples of ``pipe`` into the ``.npy`` file ``out`` (float32, ``(num, *shape)``).
+                   world: World | None = None, device: torch.device | str | None = None,
+                   cond: Condition | None = None) -> dict[str, Any] | None:
+    """Draw ``num`` samples of ``pipe`` into the ``.npy`` file ``out`` (float32, ``(num, *shape)``),
+    conditioned on ``cond`` (``num`` rows; checked before anything is written).
 
     Sample ``i`` depends only on ``(seed, i)``; ``batch_size`` bounds the samples per chunk (default:
     all, or an equal share per rank, up to 16M values per chunk); ``scaling`` ``(shift, mult)`` maps
@@ -122,6 +153,8 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
     if latents is not None and tuple(latents.shape) != (num, *pipe.shape):
         raise UsageError(f"--latents have shape {tuple(latents.shape)} but {num} samples of shape "
                          f"{tuple(pipe.shape)} need {(num, *pipe.shape)}; save exactly one start state per sample")
+    if cond is not None:
+        pipe.check_condition(cond, num)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
 
     def open_output() -> np.memmap:  # rank 0 writes; every rank learns if it cannot (on_main_rank)
@@ -135,14 +168,17 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
 
     start = time.perf_counter()
     nfes: list[int] = []
+    passes: list[int] = []
     try:
         array = on_main_rank(world, open_output, f"preparing --out {out}")
-        for lo, x, nfe in sample_chunks(pipe, num, seed=seed, world=world, batch_size=batch_size, latents=latents):
+        for lo, x, nfe, forward in sample_chunks(pipe, num, seed=seed, world=world, batch_size=batch_size,
+                                                 latents=latents, cond=cond):
             if array is not None:
                 if scaling is not None:
                     x = x / scaling[1] + scaling[0]
                 array[lo:lo + x.shape[0]] = x.numpy()
                 nfes.append(nfe)
+                passes.append(forward)
         if array is None:
             return None
         array.flush()
@@ -155,7 +191,8 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
     return {
         "out": str(out), "num": num, "shape": list(pipe.shape), "seed": seed,
         "process": pipe.process.name, "model": pipe.model.name, "sampler": pipe.sampler.name,
-        "nfe": max(nfes), "nfe_total": sum(nfes), "chunks": len(nfes),
+        "guidance": [g.name for g in pipe.guidance], "nfe": max(nfes), "nfe_total": sum(nfes),
+        "forward_passes": max(passes), "chunks": len(nfes),
         "batch_size": batch_size or default_batch_size(num, tuple(pipe.shape), world), "device": str(world.device),
         "processes": world.size, "range": "model" if scaling is None else "raw",
         "seconds": round(seconds, 4), "samples_per_second": round(num / seconds, 2),

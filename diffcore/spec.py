@@ -36,12 +36,13 @@ from diffcore.training.config import TrainConfig
 
 COMPONENT_FIELDS: dict[str, str] = {"process": "process", "model": "model", "sampler": "sampler",
                                     "objective": "objective", "data": "dataset"}
-"""Spec fields holding exactly one component, and the kind of each."""
+"""Spec fields holding exactly one component, and the kind of each (a classifier spec's
+``classifier`` field: :func:`classifier_spec_model`)."""
 OPTIONAL_FIELDS = frozenset({"objective", "data"})
 """Component fields only training needs."""
 LIST_FIELDS: dict[str, str] = {"guidance": "guidance"}
 """Spec fields holding a list of components, and the kind of each."""
-_FIELD_KIND = {**COMPONENT_FIELDS, **LIST_FIELDS}
+_FIELD_KIND = {**COMPONENT_FIELDS, **LIST_FIELDS, "classifier": "classifier"}
 
 
 class PipelineSpecBase(BaseModel):
@@ -116,6 +117,40 @@ def pipeline_spec_model(registry: Registry | None = None) -> type[PipelineSpecBa
     )
     _cache[registry] = (registry.generation, model)
     return model
+
+
+CLASSIFIER_FIELD = "classifier"
+"""The field that makes a document a classifier spec (:func:`classifier_spec_model`)."""
+
+_classifier_cache: weakref.WeakKeyDictionary[Registry, tuple[int, type[PipelineSpecBase]]] = weakref.WeakKeyDictionary()
+
+
+def classifier_spec_model(registry: Registry | None = None) -> type[PipelineSpecBase]:
+    """The spec of a noise-conditional classifier trained by ``diffcore train``: ``process``,
+    ``classifier``, ``data`` and ``train`` (no model, sampler or objective: the classifier's loss is
+    the cross-entropy at perturbed data). A document with a top-level ``classifier`` is validated
+    against it."""
+    registry = registry or get_registry()
+    cached = _classifier_cache.get(registry)
+    if cached is not None and cached[0] == registry.generation:
+        return cached[1]
+    model = create_model(
+        "ClassifierSpec", __base__=PipelineSpecBase,
+        __doc__="A noise-conditional classifier p_t(y | x_t) to train for classifier guidance.",
+        process=(kind_type(registry, "process"), Field(description="The process whose perturbed data it classifies.")),
+        classifier=(kind_type(registry, "classifier"), Field(description="The classifier: {type: <name>, ...params}.")),
+        data=(kind_type(registry, "dataset"), Field(description="Labelled training data.")),
+        train=(TrainConfig | None, Field(None, description="Optimisation settings.")),
+        shape=(OptionalEventShape, Field(default_factory=list, description="Shape of one sample; empty: the "
+                                         "classifier's own.")),
+    )
+    _classifier_cache[registry] = (registry.generation, model)
+    return model
+
+
+def is_classifier_spec(spec: PipelineSpecBase) -> bool:
+    """Whether ``spec`` is a classifier spec (:func:`classifier_spec_model`)."""
+    return CLASSIFIER_FIELD in type(spec).model_fields
 
 
 def json_schema(registry: Registry | None = None) -> dict[str, Any]:
@@ -330,11 +365,11 @@ def validate_spec(data: Any, *, registry: Registry | None = None, source: str = 
     """Validate a parsed spec against the registry's spec model; errors name the field and the fix."""
     registry = registry or get_registry()
     data = as_mapping(data, source=source)
-    model = pipeline_spec_model(registry)
+    model = classifier_spec_model(registry) if CLASSIFIER_FIELD in data else pipeline_spec_model(registry)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = describe_errors(exc, data=data, context=_SpecContext(registry))
+        problems = describe_errors(exc, data=data, context=_SpecContext(registry, model))
         raise SpecError(format_problems(problems, source), problems) from None
     except RecursionError:
         raise SpecError(f"{source}: the spec is nested too deeply") from None
@@ -358,12 +393,12 @@ def load_spec(source: str | Path | Mapping[str, Any], overrides: Sequence[str] =
 class _SpecContext:
     """The pipeline spec's structure for :func:`~diffcore.messages.describe_errors`."""
 
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+    def __init__(self, registry: Registry, model: type[PipelineSpecBase]) -> None:
+        self.registry, self.model = registry, model
 
     def kind_at(self, loc: list[int | str]) -> str | None:
-        if len(loc) == 1 and loc[0] in COMPONENT_FIELDS:
-            return COMPONENT_FIELDS[str(loc[0])]
+        if len(loc) == 1 and loc[0] in self.model.model_fields and loc[0] in _FIELD_KIND and loc[0] not in LIST_FIELDS:
+            return _FIELD_KIND[str(loc[0])]
         if len(loc) == 2 and loc[0] in LIST_FIELDS and isinstance(loc[1], int):
             return LIST_FIELDS[str(loc[0])]
         return None
@@ -376,7 +411,7 @@ class _SpecContext:
 
     def allowed_fields(self, loc: list[int | str], node: Any) -> list[str] | None:
         if not loc:
-            return list(pipeline_spec_model(self.registry).model_fields)
+            return list(self.model.model_fields)
         kind = self.kind_at(loc)
         if kind is None or not isinstance(node, dict):
             return None

@@ -17,13 +17,14 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from diffcore.classifier import NoiseClassifier
 from diffcore.component import check_compatible
 from diffcore.distributed import World, current_world, mean_over_ranks, on_every_rank, on_main_rank
 from diffcore.errors import TrainingError, UsageError
@@ -42,6 +43,9 @@ from diffcore.training.config import MAX_CONSECUTIVE_SKIPS, TrainConfig
 from diffcore.training.ema import ExponentialMovingAverage
 from diffcore.training.rundir import hold_run_dir
 
+Network = TypeVar("Network", ScoreModel, NoiseClassifier)
+"""What a :class:`Trainer` trains: a score model, or a noise-conditional classifier."""
+
 
 def lr_factor(cfg: TrainConfig, k: int) -> float:
     """The learning rate of step ``k`` (0-based) over ``cfg.lr``: a linear warm-up over ``cfg.warmup``
@@ -55,11 +59,11 @@ def lr_factor(cfg: TrainConfig, k: int) -> float:
 
 
 @dataclass
-class TrainResult:
+class TrainResult(Generic[Network]):
     """The trained model, its EMA copy and the loss of every step."""
 
-    model: ScoreModel
-    ema: ScoreModel
+    model: Network
+    ema: Network
     losses: list[float] = field(default_factory=list)
 
 
@@ -83,7 +87,7 @@ class _Replicated(DistributedDataParallel):
 _AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class Trainer:
+class Trainer(Generic[Network]):
     """The loop with its state: model, EMA, optimiser, schedule, batch generator and step.
 
     ``transform(batch, noise)`` is applied to every batch (dataset dequantisation); ``metadata``
@@ -99,7 +103,7 @@ class Trainer:
     :attr:`skipped`); either way no non-finite weights reach a checkpoint.
     """
 
-    def __init__(self, model: ScoreModel, objective: Objective, process: ForwardProcess, data: Tensor,
+    def __init__(self, model: Network, objective: Objective, process: ForwardProcess, data: Tensor,
                  config: TrainConfig | None = None, *, labels: Tensor | None = None,
                  spec: dict[str, Any] | None = None,
                  transform: Callable[[Tensor, NoiseSource], Tensor] | None = None,
@@ -108,7 +112,8 @@ class Trainer:
         check_compatible(objective, process)
         check_compatible(model, process)
         model.bind(process)
-        self.model, self.objective, self.process = model, objective, process
+        self.model: Network = model
+        self.objective, self.process = objective, process
         self.data, self.labels, self.spec, self.transform = data, labels, spec or {}, transform
         self.metadata = metadata or {}  # saved with every checkpoint (JSON values), e.g. the data scaling
         self.world = world or current_world(data.device)
@@ -116,10 +121,11 @@ class Trainer:
             raise UsageError(f"train.batch_size {cfg.batch_size} is not divisible by the {self.world.size} "
                              "processes; choose a multiple of the process count")
         self.amp_dtype = _AMP_DTYPES[cfg.precision]
-        if cfg.label_dropout > 0 and (labels is None or model.null_label is None):
+        self.null_label = model.null_label if isinstance(model, ScoreModel) else None
+        if cfg.label_dropout > 0 and (labels is None or self.null_label is None):
             raise UsageError(f"train.label_dropout is {cfg.label_dropout} but "
                              + ("the data set has no labels" if labels is None else
-                                f"model {model.name!r} is unconditional (no null label)")
+                                f"{model.name!r} is not a class-conditional model (no null label)")
                              + "; label dropout trains a class-conditional model for classifier-free guidance: "
                              "set the model's num_classes and use labelled data, or drop train.label_dropout")
         if cfg.precision == "fp16" and data.device.type != "cuda":
@@ -127,6 +133,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         # what the objective calls: the model, or its DDP replica (gradients averaged over ranks)
         self.net: torch.nn.Module = _Replicated(model) if self.world.distributed else model
+        if not any(p.requires_grad for p in model.parameters()):
+            raise UsageError(f"{type(model).__name__} {model.name!r} has no trainable parameters (an analytic model "
+                             "is exact as it stands): train a network, or use it directly")
         self.optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimiser, functools.partial(lr_factor, cfg))
         self.ema = ExponentialMovingAverage(model, cfg.ema_decay)
@@ -156,7 +165,7 @@ class Trainer:
         cond = self.labels[rows] if self.labels is not None else None
         if cond is not None and cfg.label_dropout > 0:  # classifier-free guidance (Ho & Salimans 2022)
             drop = noise.uniform((), step=0, stream="label_dropout", dtype=torch.float64) < cfg.label_dropout
-            cond = torch.where(drop, torch.full_like(cond, int(self.model.null_label or 0)), cond)
+            cond = torch.where(drop, torch.full_like(cond, int(self.null_label or 0)), cond)
         if not self.model.training:
             self.model.train()
         batch = self.data[rows]
@@ -226,7 +235,7 @@ class Trainer:
 
     def run(self, until: int | None = None, on_step: Callable[[int, float], None] | None = None, *,
             run_dir: Path | None = None, checkpoint_every: int | None = None,
-            on_save: Callable[[int], None] | None = None) -> TrainResult:
+            on_save: Callable[[int], None] | None = None) -> TrainResult[Network]:
         """Train up to step ``until`` (default: ``config.steps``), checkpointing into ``run_dir``
         (locked for the whole run, see :func:`~diffcore.training.rundir.hold_run_dir`) every
         ``checkpoint_every`` steps and at the end; ``on_save(step)`` runs after each checkpoint
@@ -250,7 +259,7 @@ class Trainer:
         if on_save is not None and self.world.is_main:
             on_save(self.step)
 
-    def ema_model(self) -> ScoreModel:
+    def ema_model(self) -> Network:
         """A copy of the model holding the EMA weights."""
         ema_model = copy.deepcopy(self.model)
         ema_model.load_state_dict(self.ema.module.state_dict())
@@ -344,12 +353,13 @@ class Trainer:
         parameter, each with exactly this optimiser's entries, of the parameter's shape."""
         params = self._parameters
         state: dict[int, dict[str, Tensor]] = {}
-        for key, value in tensors.items():
-            if not key.startswith("optim."):
+        tensor_name: str
+        for tensor_name, value in tensors.items():
+            if not tensor_name.startswith("optim."):
                 continue
-            _, index, name = [*key.split(".", 2), "", ""][:3]
+            _, index, name = [*tensor_name.split(".", 2), "", ""][:3]
             if not (index.isascii() and index.isdigit()) or int(index) >= len(params):
-                raise UsageError(f"{file}: tensor `{key}` names no parameter of the model ({len(params)} "
+                raise UsageError(f"{file}: tensor `{tensor_name}` names no parameter of the model ({len(params)} "
                                  "parameters); the checkpoint belongs to another model: use one of this run")
             state.setdefault(int(index), {})[name] = value
         names = {"step", "exp_avg", "exp_avg_sq"}
@@ -468,7 +478,7 @@ def checked_rng_restore(file: Path, tensors: Mapping[str, Tensor], meta: Any) ->
 
 def fit(model: ScoreModel, objective: Objective, process: ForwardProcess, data: Tensor,
         config: TrainConfig | None = None, *, labels: Tensor | None = None,
-        on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+        on_step: Callable[[int, float], None] | None = None) -> TrainResult[ScoreModel]:
     """Train ``model`` on ``data`` ``(N, *event)`` (optional ``labels`` ``(N,)``) with ``objective``.
 
     Returns the model (trained in place), a separate EMA copy and the per-step losses.

@@ -10,11 +10,12 @@ import torch
 
 from diffcore.data import Dataset
 from diffcore.errors import DiffcoreError
+from diffcore.model import ScoreModel
 from diffcore.pipeline import Pipeline
 from diffcore.training.loop import Trainer
 
 
-def previewer(trainer: Trainer, pipe: Pipeline, dataset: Dataset, out: Path) -> Callable[[int], None]:
+def previewer(trainer: Trainer[ScoreModel], pipe: Pipeline, dataset: Dataset, out: Path) -> Callable[[int], None]:
     """``on_save(step)``: the loss curve and a picture of EMA samples (2-D scatter against the data, or
     an image grid), written into the run directory ``out``; a failure is reported, never fatal. The
     global random states are left as they were, so previews never change the training."""

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffcore.component import component_errors
+from diffcore.classifier import CrossEntropy, NoiseClassifier
+from diffcore.component import check_compatible, component_errors
 from diffcore.data import Dataset
 from diffcore.devices import resolve_device
 from diffcore.distributed import World, on_main_rank
@@ -32,7 +33,7 @@ from diffcore.errors import UsageError
 from diffcore.objective import Objective
 from diffcore.pipeline import Pipeline
 from diffcore.registry import Registry, get_registry
-from diffcore.spec import PipelineSpecBase, apply_overrides, load_spec, validate_spec
+from diffcore.spec import PipelineSpecBase, apply_overrides, is_classifier_spec, load_spec, validate_spec
 from diffcore.training.checkpoint import (
     holds_checkpoints,
     is_checkpoint,
@@ -48,12 +49,13 @@ from diffcore.training.rundir import hold_run_dir
 @dataclass
 class TrainingSetup:
     """A spec assembled for training: the untrained pipeline (its model is ``trainer.model``, on the
-    training device), the data set and the trainer."""
+    training device; ``None`` for a classifier spec, whose classifier is ``trainer.model``), the data
+    set and the trainer."""
 
     spec: PipelineSpecBase
-    pipe: Pipeline
+    pipe: Pipeline | None
     dataset: Dataset
-    trainer: Trainer
+    trainer: Trainer[Any]
 
 
 def setup_training(spec: str | Path | Mapping[str, Any] | PipelineSpecBase, *,
@@ -79,12 +81,14 @@ def setup_training(spec: str | Path | Mapping[str, Any] | PipelineSpecBase, *,
     if not isinstance(spec, PipelineSpecBase):
         source = source or (str(spec) if isinstance(spec, str | Path) else "<spec>")
         spec = load_spec(spec, overrides, registry=registry)
-    for field in ("objective", "data", "train"):
+    for field in ("data", "train") if is_classifier_spec(spec) else ("objective", "data", "train"):
         if getattr(spec, field) is None:
             raise UsageError(f"{source or '<spec>'}: training needs `{field}` in the spec; see `diffcore list` "
                              "for objectives and datasets, and docs/user-guide.md for `train`")
     target = world.device if world is not None else resolve_device(device)
     torch.manual_seed(spec.train.seed)  # type: ignore[attr-defined]  # the model's initial weights
+    if is_classifier_spec(spec):
+        return _setup_classifier(spec, registry, target, world, dataset, source or "<spec>")
     pipe = Pipeline.from_spec(spec, registry=registry)
     obj_type, obj_params = spec.component("objective")
     objective = registry.build("objective", obj_type, **obj_params)
@@ -115,20 +119,53 @@ def setup_training(spec: str | Path | Mapping[str, Any] | PipelineSpecBase, *,
     return TrainingSetup(spec, pipe, data, trainer)
 
 
-def check_labels(labels: Tensor, null_label: int | None, source: str) -> None:
-    """Refuse data labels outside ``[0, num_classes)``: the label ``num_classes`` is the model's
+def _setup_classifier(spec: PipelineSpecBase, registry: Registry, target: torch.device, world: World | None,
+                      dataset: Dataset | None, source: str) -> TrainingSetup:
+    """The trainer of a classifier spec: the classifier, trained with the cross-entropy at perturbed
+    data (:class:`~diffcore.classifier.CrossEntropy`) on the labelled ``train`` split."""
+    def build(field: str, kind: str) -> Any:
+        name, params = spec.component(field)
+        return registry.build(kind, name, **params)
+
+    process, classifier = build("process", "process"), build("classifier", "classifier")
+    assert isinstance(classifier, NoiseClassifier)
+    check_compatible(classifier, process)
+    if dataset is None:
+        dataset = build("data", "dataset")
+    assert isinstance(dataset, Dataset)
+    with component_errors(dataset, "loading its training split"):
+        x, labels = dataset.split("train")
+    shape = tuple(spec.shape) or tuple(classifier.event_shape or x.shape[1:])  # type: ignore[attr-defined]
+    if tuple(x.shape[1:]) != shape:
+        raise UsageError(f"{source}: dataset {dataset.name!r} gives samples of shape {list(x.shape[1:])} but "
+                         f"classifier {classifier.name!r} classifies samples of shape {list(shape)}; make them agree")
+    if labels is None:
+        raise UsageError(f"{source}: dataset {dataset.name!r} has no labels; a classifier trains on labelled data")
+    check_labels(labels, classifier.num_classes, source, what="classifier")
+    data = dataset
+    trainer = Trainer(classifier.to(target), CrossEntropy(), process, x.to(target),
+                      spec.train, labels=labels.to(target),  # type: ignore[attr-defined]
+                      spec=spec.model_dump(mode="json"), world=world, metadata={"scaling": list(data.scaling)},
+                      transform=lambda batch, noise: data.dequantize(
+                          batch, noise.uniform(tuple(batch.shape[1:]), step=0, stream="dequantize",
+                                               dtype=batch.dtype)))
+    return TrainingSetup(spec, None, data, trainer)
+
+
+def check_labels(labels: Tensor, num_classes: int | None, source: str, *, what: str = "model") -> None:
+    """Refuse data labels outside ``[0, num_classes)``: for a model, the label ``num_classes`` is its
     null label ("no condition", for classifier-free guidance), so such data would silently train
     the unconditional model, and larger ones fail inside the embedding."""
-    if null_label is None:
+    if num_classes is None:
         return
-    outside = (labels < 0) | (labels >= null_label)
+    outside = (labels < 0) | (labels >= num_classes)
     count = int(outside.sum())
     if count:
         found = sorted({int(v) for v in labels[outside][:1000].tolist()})[:5]
-        raise UsageError(f"{source}: {count} of the {labels.numel()} training labels lie outside [0, {null_label}) "
-                         f"(e.g. {found}); the model's num_classes is {null_label}, and label {null_label} means "
-                         f"'no condition': set model.num_classes to at least {int(labels.max()) + 1}, or fix the "
-                         "data's labels")
+        null = f", and label {num_classes} means 'no condition'" if what == "model" else ""
+        raise UsageError(f"{source}: {count} of the {labels.numel()} training labels lie outside [0, {num_classes}) "
+                         f"(e.g. {found}); the {what}'s num_classes is {num_classes}{null}: set {what}.num_classes "
+                         f"to at least {int(labels.max()) + 1}, or fix the data's labels")
 
 
 def training_spec(spec: Path, overrides: Sequence[str] = (), *, resume: Path | None = None,
@@ -253,7 +290,7 @@ def run_training(setup: TrainingSetup, out: Path, *, resume: Path | None = None,
                 window = trainer.losses[-50:]
                 bar.set_postfix(loss=f"{sum(window) / len(window):.4g}")
 
-        on_save = previewer(trainer, setup.pipe, setup.dataset, out) if preview else None
+        on_save = previewer(trainer, setup.pipe, setup.dataset, out) if preview and setup.pipe is not None else None
         start = time.perf_counter()
         try:
             trainer.run(on_step=on_step, run_dir=out, checkpoint_every=checkpoint_every or max(1, steps // 10),

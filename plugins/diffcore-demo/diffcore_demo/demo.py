@@ -250,10 +250,11 @@ def set_up(args: argparse.Namespace, device: torch.device) -> Setup:
                          "samples with it: raise data.holdout (e.g. --set data.holdout=0.3)")
     with torch.random.fork_rng(devices=[]):  # the initial weights follow train.seed; the caller's state is kept
         training = setup_training(spec, device=device, dataset=dataset, registry=registry, source="diffcore demo")
+    assert training.pipe is not None  # a demo spec trains a score model
     return Setup(spec, dataset, training.pipe, x_train, x_test, training)
 
 
-def train(setup: Setup, run_dir: Path) -> Trainer:
+def train(setup: Setup, run_dir: Path) -> Trainer[ScoreModel]:
     """Train the model of ``setup`` as ``diffcore train`` does, with a checkpoint at the end in
     ``run_dir``; returns the trainer (losses, EMA)."""
     trainer = setup.training.trainer
