@@ -85,9 +85,9 @@ class Condition:
         shape is not ``(num, *shape)``, or NaN / Inf observations."""
         for name, value in self._items():
             if value is not None and (value.ndim == 0 or value.shape[0] != num):
-                got = tuple(value.shape)
-                raise UsageError(f"the condition's {name} have shape {got}; {num} samples need one row each, "
-                                 f"({num}, ...)")
+                need = f"({num},)" if name == "labels" else f"({num}, ...)"
+                raise UsageError(f"the condition's {name} have shape {tuple(value.shape)}; {num} samples need one "
+                                 f"row each, {need}")
         if self.labels is not None and (self.labels.dtype not in _INTEGER or self.labels.ndim != 1):
             raise UsageError(f"class labels must be integers of shape ({num},), got {self.labels.dtype} of "
                              f"shape {tuple(self.labels.shape)}")

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic.fields import FieldInfo
 
-from diffcore import Pipeline, get_registry
+from diffcore import NoiseClassifier, Pipeline, get_registry
 from diffcore.component import Component
 from diffcore.errors import DiffcoreError, SpecError
 from diffcore.limits import MAX_CLASSES, MAX_EVENT_VALUES, MAX_PARAMETERS, MAX_STEPS
@@ -42,7 +42,7 @@ from diffcore_backbones import resmlp as resmlp_module
 from diffcore_backbones import unet as unet_module
 
 REGISTRY = get_registry()
-COMPONENTS = [(kind, name) for kind in ("process", "model", "objective", "sampler", "guidance", "dataset")
+COMPONENTS = [(kind, name) for kind in ("process", "model", "objective", "sampler", "guidance", "dataset", "classifier")
               for name in REGISTRY.names(kind)]
 GMM = {"type": "gmm", **REFERENCE_MIXTURE}
 
@@ -57,8 +57,13 @@ def array_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def required(name: str, array_file: Path) -> dict[str, Any]:
+def required(kind: str, name: str, array_file: Path) -> dict[str, Any]:
     """Values for the fields without a default."""
+    labelled = {**REFERENCE_MIXTURE, "labels": list(range(len(REFERENCE_MIXTURE["weights"])))}
+    if kind == "classifier":
+        return {"gmm": labelled, "mlp": {"shape": [2], "num_classes": 2}, "unet": {"num_classes": 2}}.get(name, {})
+    if kind == "guidance":
+        return {"classifier": {"classifier": {"type": "gmm", **labelled}}, "dps": {"noise_std": 0.1}}.get(name, {})
     return {"mlp": {"shape": [2]}, "resmlp": {"shape": [2]}, "gmm": dict(REFERENCE_MIXTURE),
             "gmm_samples": dict(REFERENCE_MIXTURE), "array": {"path": str(array_file)}}.get(name, {})
 
@@ -228,7 +233,7 @@ def build(cls: type[Component], params: dict[str, Any]) -> Component | None:
     """Build ``cls`` from ``params`` (networks on the meta device); ``None`` when a diffcore error with
     a message refuses them. Any other exception fails the test."""
     try:
-        if issubclass(cls, ScoreModel):
+        if issubclass(cls, ScoreModel | NoiseClassifier):
             with torch.device("meta"):
                 return cls(**params)
         return cls(**params)
@@ -256,10 +261,10 @@ def edge_cases(cls: type[Component], fixed: dict[str, Any]) -> Iterator[tuple[st
 def test_building_at_the_edges_of_the_bounds_works_or_raises_a_diffcore_error(
         kind: str, name: str, array_file: Path) -> None:
     cls = REGISTRY.get(kind, name)
-    for _, params in edge_cases(cls, required(name, array_file)):
+    for _, params in edge_cases(cls, required(kind, name, array_file)):
         build(cls, params)
-    build(cls, required(name, array_file))  # the defaults always build
-    assert build(cls, required(name, array_file)) is not None
+    build(cls, required(kind, name, array_file))  # the defaults always build
+    assert build(cls, required(kind, name, array_file)) is not None
 
 
 @pytest.mark.parametrize(("kind", "name"), COMPONENTS)
@@ -269,7 +274,7 @@ def test_building_from_random_params_within_bounds_works_or_raises_a_diffcore_er
 
     @settings(max_examples=15, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-    @given(params_strategy(cls, required(name, array_file)))
+    @given(params_strategy(cls, required(kind, name, array_file)))
     def check(params: dict[str, Any]) -> None:
         build(cls, params)
 

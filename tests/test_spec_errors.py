@@ -148,8 +148,14 @@ CASES = [
          spec(sampler="sampler: {type: probability_flow, method: dopri5, steps: 10}"),
          "`sampler`", "method 'dopri5' is adaptive", "Drop steps or pick a fixed-step method"),
     # --- guidance -------------------------------------------------------------------------------
-    case("guidance-none-registered", spec(extra="guidance: [{type: cfg, scale: 2}]"),
-         "`guidance`", "no guidance is registered"),
+    case("guidance-unknown", spec(extra="guidance: [{type: cgf, scale: 2}]"),
+         "`guidance.0.type`", "did you mean 'cfg'"),
+    case("guidance-misspelt-field", spec(extra="guidance: [{type: cfg, sclae: 2}]"),
+         "`guidance.0.sclae`", "did you mean 'scale'"),
+    case("guidance-scale-not-a-number", spec(extra="guidance: [{type: cfg, scale: high}]"),
+         "`guidance.0.scale`", "valid number"),
+    case("guidance-empty-interval", spec(extra="guidance: [{type: cfg, interval: [0.5, 0.1]}]"),
+         "`guidance.0`", "interval [0.5, 0.1] is empty"),
     case("guidance-not-a-list", spec(extra="guidance: {type: cfg}"), "`guidance`", "valid list"),
     # --- whole-document problems ----------------------------------------------------------------
     case("empty-file", "", "the spec is empty", "mapping"),

@@ -33,6 +33,10 @@ class Inpainting(Guidance):
     ``p(x | y)``: the unobserved coordinates follow ``grad log p_t(x)``, not ``grad log p_t(x | y)``
     (the tests measure the gap on Gaussian mixtures). Needs the condition's ``mask`` ``(B, *event)``
     (True where observed) and ``observed`` ``(B, *event)`` (read on the mask).
+
+    The observed coordinates' score has curvature ``1 / sigma_t^2``: samplers that step on the
+    process's own time grid (every one but plain ``langevin``) are stable with it, while ``langevin``,
+    which runs at ``t_min`` only, needs a ``step_size`` below ``sigma(t_min)^2``.
     """
 
     name = "inpaint"
