@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("list", help="registered components with capabilities and parameter defaults")
-    p.add_argument("kind", nargs="?", help="process, model, objective, sampler or guidance")
+    p.add_argument("kind", nargs="?", help="process, model, objective, sampler, guidance, dataset or classifier")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 

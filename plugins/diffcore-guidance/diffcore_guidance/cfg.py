@@ -28,7 +28,10 @@ class CFGParams(IntervalParams):
 
 
 class ClassifierFree(Guidance):
-    """Classifier-free guidance (Ho & Salimans 2022, eq. 6, in score form)::
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6, in score form) with the guidance weight
+    ``w = scale``, the conditional and unconditional scores from one batched forward pass.
+
+    ::
 
         s_w(x, y) = s(x, y) + w (s(x, y) - s(x, null)) = (1 + w) s(x, y) - w s(x, null)
 

@@ -33,8 +33,10 @@ class DPSParams(IntervalParams):
 
 
 class PosteriorSampling(Guidance):
-    """Diffusion posterior sampling (DPS, Chung et al. 2023, Sec. 3.2, eq. 16 and Algorithm 1) for
-    ``y = A x_0 + n``, ``n ~ N(0, noise_std^2 I)``, in score form::
+    """Diffusion posterior sampling (DPS, Chung et al. 2023) for a linear measurement
+    ``y = A x_0 + n``, ``n ~ N(0, noise_std^2 I)``, with ``A`` a mask or a matrix.
+
+    In score form (Sec. 3.2, eq. 16 and Algorithm 1)::
 
         grad log p_t(x | y) ~ s(x, t) + scale * grad_x log N(y; A x0_hat(x, t), noise_std^2 I),
         x0_hat(x, t) = (x + sigma_t^2 s(x, t)) / alpha_t          (Tweedie's formula)

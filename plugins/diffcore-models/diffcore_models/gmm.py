@@ -197,10 +197,12 @@ class GMMClassifierParams(GMMParams):
 
 
 class GaussianMixtureClassifier(NoiseClassifier):
-    """The exact noise-conditional classifier of a labelled Gaussian mixture: logits
-    ``log p_t(y | x)`` ``(B, C)`` with ``p_t(y | x) = sum_{k of class y} r_k(x)``, the posterior of
-    the perturbed mixture (the module docstring). Classifier guidance with it at scale 1 over the
-    unlabelled ``gmm`` samples exactly ``p(x | y)``: the ground truth of the guidance tests."""
+    """The exact noise-conditional classifier of a labelled Gaussian mixture: the class posterior
+    ``p_t(y | x) = sum_{k of class y} r_k(x)`` of the perturbed mixture.
+
+    Logits ``log p_t(y | x)`` ``(B, C)`` with the responsibilities ``r_k`` of the module docstring.
+    Classifier guidance with it at scale 1 over the unlabelled ``gmm`` samples exactly ``p(x | y)``,
+    the ground truth for guidance."""
 
     name = "gmm"
     Params = GMMClassifierParams
