@@ -7,6 +7,9 @@
 - Exponential integrators in the half log-SNR ``lambda`` (``dpm_solver``, ``dpm_solver_pp``,
   ``unipc``, ``ddim``, ``heun``): :class:`LogSNRPoint`, the ``phi`` functions, Taylor weights,
   derivative estimates, and :class:`DPMSolverBase`, the solver of both DPM-Solver parametrisations.
+- Thresholding of the data prediction (``ddim``, ``dpm_solver_pp``, ``unipc``, ``heun``):
+  :class:`ThresholdParams` and :func:`threshold_x0` (static clipping and Imagen's dynamic
+  thresholding, Saharia et al. 2022, Sec. 2.3).
 - Reverse-SDE steps (``ancestral``, ``reverse_diffusion``, ``euler_maruyama``, and the predictors of
   ``pc``): each declared once as a :class:`Predictor`, its step with the capabilities it needs.
 
@@ -45,7 +48,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from diffcore.component import describe
+from diffcore.component import Params, describe
 from diffcore.grids import GridKind, GridParams, time_grid
 from diffcore.limits import Steps
 from diffcore.noise import NoiseSource
@@ -77,6 +80,62 @@ def transition(process: LinearGaussianProcess, s: float, t: float) -> tuple[floa
     alpha_t, sigma_t = alpha_sigma(process, t)
     a = alpha_t / alpha_s
     return a, max(sigma_t**2 - a**2 * sigma_s**2, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Thresholding the data prediction (Saharia et al. 2022, Sec. 2.3)
+# ---------------------------------------------------------------------------------------------
+
+MIN_CLIP_RANGE = 1e-6
+"""Smallest ``clip_range``: well above float32's subnormal numbers, where ``clip_range / s`` breaks."""
+MAX_CLIP_RANGE = 1e6
+"""Largest ``clip_range``: far beyond any data scale a model is trained on."""
+
+QUANTILE_MAX_VALUES = 1 << 24
+"""Most values handed to one ``torch.quantile`` call (older torch refuses larger inputs)."""
+
+
+class ThresholdParams(Params):
+    """The thresholding fields of the samplers that form the data prediction ``x0_hat`` (mixed into
+    their Params; ``thresholding: none``, the default, leaves the sampler unchanged)."""
+
+    thresholding: Literal["none", "clip", "dynamic"] = Field(
+        "none", description="Threshold every data prediction x0_hat the sampler forms (Saharia et al. 2022, "
+        "Imagen, Sec. 2.3): none; clip (static thresholding to [-clip_range, clip_range]); dynamic (per sample, "
+        "s = max(percentile of |x0_hat|, clip_range), x0_hat = clip(x0_hat, -s, s) * clip_range / s). Helps "
+        "when strong guidance pushes x0_hat out of the data range.")
+    clip_range: float = Field(1.0, ge=MIN_CLIP_RANGE, le=MAX_CLIP_RANGE, description="The data range "
+                              "[-clip_range, clip_range] of thresholding, 1e-6 to 1e6 (Saharia et al. 2022 use 1 for "
+                              "images in [-1, 1]).")
+    percentile: float = Field(0.995, gt=0.0, le=1.0, description="Quantile p of |x0_hat| over each sample's "
+                              "values for dynamic thresholding, in (0, 1] (Saharia et al. 2022, Sec. 2.3).")
+
+
+def thresholding_of(params: Params) -> ThresholdParams | None:
+    """``params`` when they ask for thresholding, else ``None`` (the untouched path)."""
+    return params if isinstance(params, ThresholdParams) and params.thresholding != "none" else None
+
+
+def threshold_x0(x0: Tensor, params: ThresholdParams) -> Tensor:
+    """The data prediction ``x0`` ``(B, *event)`` thresholded as ``params`` ask, same shape and dtype.
+
+    With the data range ``r = clip_range``: ``clip`` is ``clamp(x0, -r, r)``; ``dynamic`` is Imagen's
+    dynamic thresholding (Saharia et al. 2022, Sec. 2.3) for data in ``[-r, r]``: per sample,
+    ``s = max(quantile(|x0|, percentile), r)`` over all its values (linear interpolation, as
+    ``numpy.quantile``) and ``x0 = clamp(x0, -s, s) * (r / s)``, so a sample whose values all lie
+    within ``[-r, r]`` is unchanged. ``none`` returns ``x0`` itself."""
+    r = params.clip_range
+    if params.thresholding == "none":
+        return x0
+    if params.thresholding == "clip":
+        return x0.clamp(-r, r)
+    flat = x0.reshape(x0.shape[0], -1).abs()
+    if flat.dtype not in (torch.float32, torch.float64):  # torch.quantile takes only these
+        flat = flat.float()
+    rows = max(1, QUANTILE_MAX_VALUES // max(flat.shape[1], 1))
+    s = torch.cat([torch.quantile(chunk, params.percentile, dim=1) for chunk in flat.split(rows)])
+    s = s.clamp(min=r).to(x0.dtype).reshape(-1, *[1] * (x0.ndim - 1))
+    return torch.maximum(torch.minimum(x0, s), -s) * (r / s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,13 +216,16 @@ def score_at(score_fn: ScoreFn, x: Tensor, point: LogSNRPoint) -> Tensor:
     return score_fn(x, t)
 
 
-def model_output(prediction: Prediction, score_fn: ScoreFn, x: Tensor, point: LogSNRPoint) -> Tensor:
+def model_output(prediction: Prediction, score_fn: ScoreFn, x: Tensor, point: LogSNRPoint,
+                 threshold: ThresholdParams | None = None) -> Tensor:
     """One score evaluation turned into the noise prediction ``eps_hat = -sigma s`` or the data
-    prediction ``x0_hat = (x + sigma^2 s) / alpha`` (Tweedie), shape of ``x``."""
+    prediction ``x0_hat = (x + sigma^2 s) / alpha`` (Tweedie), shape of ``x``; the data prediction
+    thresholded by :func:`threshold_x0` when ``threshold`` is given (the noise prediction never is)."""
     score = score_at(score_fn, x, point)
     if prediction == "noise":
         return -point.sigma * score
-    return (x + point.sigma**2 * score) / point.alpha
+    x0 = (x + point.sigma**2 * score) / point.alpha
+    return x0 if threshold is None else threshold_x0(x0, threshold)
 
 
 def linear_coef(prediction: Prediction, s: LogSNRPoint, t: LogSNRPoint) -> float:
@@ -207,9 +269,14 @@ def backward_derivatives(history: list[tuple[float, Tensor]]) -> list[Tensor]:
     return [m0, d01 + c * (lam0 - lam1), 2.0 * c]
 
 
-def finish(score_fn: ScoreFn, process: LinearGaussianProcess, x: Tensor, final_denoise: bool) -> Tensor:
-    """The samples at ``t_min``, optionally denoised with Tweedie's formula (one more evaluation)."""
-    return tweedie_denoise(score_fn, process, x, process.t_min) if final_denoise else x
+def finish(score_fn: ScoreFn, process: LinearGaussianProcess, x: Tensor, final_denoise: bool,
+           threshold: ThresholdParams | None = None) -> Tensor:
+    """The samples at ``t_min``, optionally denoised with Tweedie's formula (one more evaluation),
+    the denoised samples thresholded by :func:`threshold_x0` when ``threshold`` is given."""
+    if not final_denoise:
+        return x
+    x0 = tweedie_denoise(score_fn, process, x, process.t_min)
+    return x0 if threshold is None else threshold_x0(x0, threshold)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +286,7 @@ def finish(score_fn: ScoreFn, process: LinearGaussianProcess, x: Tensor, final_d
 
 
 class DPMSolverParams(GridParams):
-    """Parameters of ``dpm_solver`` and ``dpm_solver_pp``."""
+    """Parameters of ``dpm_solver`` (and, with thresholding, :class:`DPMSolverPPParams`)."""
 
     steps: Steps = Field(20, description="Solver steps (intervals of the time grid); singlestep order k "
                        "costs k score evaluations per step, multistep one.")
@@ -232,6 +299,11 @@ class DPMSolverParams(GridParams):
                                     "steps (step i of N at most N - i).")
     final_denoise: bool = Field(False, description="Finish with a Tweedie denoising step at t_min (one more "
                                 "score evaluation).")
+
+
+class DPMSolverPPParams(ThresholdParams, DPMSolverParams):
+    """Parameters of ``dpm_solver_pp``: those of ``dpm_solver`` and the thresholding of its data
+    predictions (``dpm_solver`` predicts noise and has no ``x0_hat`` to threshold)."""
 
 
 class DPMSolverBase(Sampler):
@@ -258,22 +330,24 @@ class DPMSolverBase(Sampler):
         points = grid_points(lg, p.steps, p.grid, p.rho)
         multistep = p.method == "multistep"
         orders = step_orders(p.order, p.steps, multistep=multistep, lower_order_final=p.lower_order_final)
+        threshold = thresholding_of(p)  # only dpm_solver_pp's params have the fields
         x = x_T
         history: list[tuple[float, Tensor]] = []  # multistep: (lambda_j, m_j) of the last grid points
         for i, k in enumerate(orders):
             s, t = points[i], points[i + 1]
-            m_s = model_output(self.prediction, score_fn, x, s)
+            m_s = model_output(self.prediction, score_fn, x, s, threshold)
             if multistep:
                 history = [*history[-2:], (s.lam, m_s)]
                 x = exponential_step(self.prediction, x, s, t, backward_derivatives(history[-k:]))
             else:
-                x = self.singlestep(lg, score_fn, x, s, t, m_s, k)
+                x = self.singlestep(lg, score_fn, x, s, t, m_s, k, threshold)
             self.report(callback, i, t.t, x)
-        return finish(score_fn, lg, x, p.final_denoise), p.steps
+        return finish(score_fn, lg, x, p.final_denoise, threshold), p.steps
 
     def singlestep(self, process: LinearGaussianProcess, score_fn: ScoreFn, x: Tensor, s: LogSNRPoint,
-                   t: LogSNRPoint, m_s: Tensor, order: int) -> Tensor:
-        """One singlestep update of ``order`` from ``s`` to ``t`` (``order - 1`` further evaluations)."""
+                   t: LogSNRPoint, m_s: Tensor, order: int, threshold: ThresholdParams | None = None) -> Tensor:
+        """One singlestep update of ``order`` from ``s`` to ``t`` (``order - 1`` further evaluations,
+        data predictions thresholded as ``threshold`` asks)."""
         pred = self.prediction
         if order == 1:  # DPM-Solver-1 / DPM-Solver++(1S): DDIM with eta = 0
             return exponential_step(pred, x, s, t, [m_s])
@@ -281,14 +355,14 @@ class DPMSolverBase(Sampler):
         if order == 2:
             s1 = point_at_lambda(process, s.lam + 0.5 * h)
             u1 = exponential_step(pred, x, s, s1, [m_s])
-            d1 = (model_output(pred, score_fn, u1, s1) - m_s) / (s1.lam - s.lam)
+            d1 = (model_output(pred, score_fn, u1, s1, threshold) - m_s) / (s1.lam - s.lam)
             return exponential_step(pred, x, s, t, [m_s, d1])
         s1 = point_at_lambda(process, s.lam + h / 3.0)
         s2 = point_at_lambda(process, s.lam + 2.0 * h / 3.0)
         u1 = exponential_step(pred, x, s, s1, [m_s])
-        d1 = (model_output(pred, score_fn, u1, s1) - m_s) / (s1.lam - s.lam)
+        d1 = (model_output(pred, score_fn, u1, s1, threshold) - m_s) / (s1.lam - s.lam)
         u2 = exponential_step(pred, x, s, s2, [m_s, d1])
-        d2 = (model_output(pred, score_fn, u2, s2) - m_s) / (s2.lam - s.lam)
+        d2 = (model_output(pred, score_fn, u2, s2, threshold) - m_s) / (s2.lam - s.lam)
         return exponential_step(pred, x, s, t, [m_s, d2])
 
 

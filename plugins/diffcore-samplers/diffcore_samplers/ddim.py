@@ -13,10 +13,10 @@ from diffcore.limits import Steps
 from diffcore.noise import NoiseSource
 from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, ScoreFn, require_linear_gaussian
 from diffcore.sampler import Callback, Sampler
-from diffcore_samplers.common import finish, grid_points, score_at
+from diffcore_samplers.common import ThresholdParams, finish, grid_points, score_at, threshold_x0, thresholding_of
 
 
-class DDIMParams(GridParams):
+class DDIMParams(ThresholdParams, GridParams):
     """Parameters of ``ddim``."""
 
     steps: Steps = Field(50, description="Steps from T to t_min (one score evaluation each).")
@@ -44,6 +44,10 @@ class DDIM(Sampler):
     discretisation of the probability-flow ODE (= DPM-Solver-1, first order); ``eta = 1`` the
     ancestral sampler. Noise of step ``i`` is ``noise.normal(event, step=i)``.
 
+    ``thresholding`` (Saharia et al. 2022, Sec. 2.3) replaces ``x0`` by
+    :func:`~diffcore_samplers.common.threshold_x0` of it and ``eps`` by the noise consistent with it,
+    ``(x - alpha_t x0) / sigma_t`` (as diffusers' DDIM does); the final Tweedie step is thresholded too.
+
     One score evaluation per step: ``NFE = steps`` (+1 with ``final_denoise``). Shapes: ``x_T``
     ``(B, *event)``.
     """
@@ -58,16 +62,20 @@ class DDIM(Sampler):
         p = self.params
         lg = require_linear_gaussian(process, describe(self))
         points = grid_points(lg, p.steps, p.grid, p.rho)
+        threshold = thresholding_of(p)
         x, event = x_T, tuple(x_T.shape[1:])
         for i in range(p.steps):
             s, t = points[i], points[i + 1]
             score = score_at(score_fn, x, s)
             eps = -s.sigma * score
             x0 = (x + s.sigma**2 * score) / s.alpha
+            if threshold is not None:
+                x0 = threshold_x0(x0, threshold)
+                eps = (x - s.alpha * x0) / s.sigma
             keep = -math.expm1(-2.0 * (t.lam - s.lam))  # 1 - exp(-2h), in (0, 1)
             sigma_eta = p.eta * t.sigma * math.sqrt(keep)
             x = t.alpha * x0 + t.sigma * math.sqrt(1.0 - p.eta**2 * keep) * eps
             if sigma_eta > 0.0:
                 x = x + sigma_eta * noise.normal(event, step=i, dtype=x.dtype)
             self.report(callback, i, t.t, x)
-        return finish(score_fn, lg, x, p.final_denoise), p.steps
+        return finish(score_fn, lg, x, p.final_denoise, threshold), p.steps

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffcore_samplers.common import DPMSolverBase
+from diffcore_samplers.common import DPMSolverBase, DPMSolverPPParams
 
 
 class DPMSolverPP(DPMSolverBase):
@@ -21,7 +21,13 @@ class DPMSolverPP(DPMSolverBase):
     and fewer than 15 steps the last steps drop order (step ``i`` of ``N`` at most ``N - i``),
     which also lowers the singlestep NFE. ``final_denoise`` adds one evaluation. Shapes: ``x_T``
     ``(B, *event)``.
+
+    ``thresholding`` (``clip`` or ``dynamic``, Saharia et al. 2022, Sec. 2.3) applies
+    :func:`~diffcore_samplers.common.threshold_x0` to every data prediction, the evaluations inside
+    singlestep steps and the final Tweedie step included.
     """
 
     name = "dpm_solver_pp"
+    Params = DPMSolverPPParams
+    params: DPMSolverPPParams
     prediction = "data"

@@ -22,6 +22,11 @@ is first raised to ``s_hat = s_i (1 + gamma_i)``, ``gamma_i = min(churn / N, sqr
 ``s_hat`` is clamped at ``s(T)``, the largest level the process defines (so the first step of the
 default karras grid, which starts at ``s(T)``, never churns), and its time is found with
 ``process.t_from_half_log_snr(-log s_hat)``.
+
+Thresholding (Saharia et al. 2022, Sec. 2.3). The direction is EDM's ``(y - D) / s`` with the
+denoiser ``D = x0_hat = y + (sigma_t^2 / alpha_t) score(x, t)``; with ``thresholding`` the direction
+is ``(y - threshold_x0(D)) / s`` (:func:`~diffcore_samplers.common.threshold_x0`), at both
+evaluations of every step.
 """
 
 from __future__ import annotations
@@ -37,13 +42,21 @@ from diffcore.limits import Steps
 from diffcore.noise import NoiseSource
 from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, ScoreFn, require_linear_gaussian
 from diffcore.sampler import Callback, Sampler
-from diffcore_samplers.common import LogSNRPoint, grid_points, point_at_lambda, score_at
+from diffcore_samplers.common import (
+    LogSNRPoint,
+    ThresholdParams,
+    grid_points,
+    model_output,
+    point_at_lambda,
+    score_at,
+    thresholding_of,
+)
 
 MAX_GAMMA = math.sqrt(2.0) - 1.0
 """EDM's cap on the churn per step (Algorithm 2, line 4): the level is raised by at most sqrt(2)."""
 
 
-class HeunParams(GridParams):
+class HeunParams(ThresholdParams, GridParams):
     """Parameters of ``heun``; the churn parameters are EDM's ``S_churn``, ``S_tmin``, ``S_tmax``,
     ``S_noise`` with levels measured as ``s = sigma / alpha``."""
 
@@ -94,6 +107,7 @@ class Heun(Sampler):
         points = grid_points(lg, p.steps, p.grid, p.rho)
         top = level(points[0])
         gamma = min(p.churn / p.steps, MAX_GAMMA)
+        threshold = thresholding_of(p)
         event = tuple(x_T.shape[1:])
         y = x_T / points[0].alpha
         for i in range(p.steps):
@@ -107,9 +121,9 @@ class Heun(Sampler):
                 std = math.sqrt(max(level(hat) ** 2 - s_i**2, 0.0)) * p.s_noise
                 y = y + std * noise.normal(event, step=i, dtype=y.dtype)
             ds = level(nxt) - level(hat)
-            d = direction(score_fn, y, hat)
+            d = direction(score_fn, y, hat, threshold)
             y_euler = y + ds * d
-            y = y + ds * 0.5 * (d + direction(score_fn, y_euler, nxt))
+            y = y + ds * 0.5 * (d + direction(score_fn, y_euler, nxt, threshold))
             self.report(callback, i, nxt.t, nxt.alpha * y)
         return points[-1].alpha * y, p.steps
 
@@ -119,6 +133,10 @@ def level(point: LogSNRPoint) -> float:
     return point.sigma / point.alpha
 
 
-def direction(score_fn: ScoreFn, y: Tensor, point: LogSNRPoint) -> Tensor:
-    """``dy/ds = -sigma_t score(alpha_t y, t)`` for the scaled state ``y`` ``(B, *event)``."""
-    return -point.sigma * score_at(score_fn, point.alpha * y, point)
+def direction(score_fn: ScoreFn, y: Tensor, point: LogSNRPoint, threshold: ThresholdParams | None = None) -> Tensor:
+    """``dy/ds = -sigma_t score(alpha_t y, t)`` for the scaled state ``y`` ``(B, *event)``; with
+    ``threshold``, ``(y - threshold_x0(D)) / s`` with the denoiser ``D = x0_hat`` and ``s = sigma_t / alpha_t``."""
+    if threshold is None:
+        return -point.sigma * score_at(score_fn, point.alpha * y, point)
+    denoised = model_output("data", score_fn, point.alpha * y, point, threshold)
+    return (y - denoised) / level(point)

@@ -15,10 +15,19 @@ from diffcore.limits import Steps
 from diffcore.noise import NoiseSource
 from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, ScoreFn, require_linear_gaussian
 from diffcore.sampler import Callback, Sampler
-from diffcore_samplers.common import LogSNRPoint, finish, grid_points, model_output, phi, step_orders
+from diffcore_samplers.common import (
+    LogSNRPoint,
+    ThresholdParams,
+    finish,
+    grid_points,
+    model_output,
+    phi,
+    step_orders,
+    thresholding_of,
+)
 
 
-class UniPCParams(GridParams):
+class UniPCParams(ThresholdParams, GridParams):
     """Parameters of ``unipc``."""
 
     steps: Steps = Field(20, description="Solver steps (one score evaluation each).")
@@ -60,7 +69,8 @@ class UniPC(Sampler):
 
     Multistep warm-up (step ``i`` uses order ``min(p, i + 1)``) and ``lower_order_final`` as in
     ``dpm_solver_pp``. NFE: one per step, ``NFE = steps`` (+1 with ``final_denoise``). Shapes:
-    ``x_T`` ``(B, *event)``.
+    ``x_T`` ``(B, *event)``. ``thresholding`` (Saharia et al. 2022, Sec. 2.3) applies
+    :func:`~diffcore_samplers.common.threshold_x0` to every ``m_j`` and to the final Tweedie step.
     """
 
     name = "unipc"
@@ -74,8 +84,9 @@ class UniPC(Sampler):
         lg = require_linear_gaussian(process, describe(self))
         points = grid_points(lg, p.steps, p.grid, p.rho)
         orders = step_orders(p.order, p.steps, multistep=True, lower_order_final=p.lower_order_final)
+        threshold = thresholding_of(p)
         x = x_T
-        m_s = model_output("data", score_fn, x, points[0])
+        m_s = model_output("data", score_fn, x, points[0], threshold)
         history: list[tuple[float, Tensor]] = []  # (lambda_j, m_j) of earlier grid points, oldest first
         for i, k in enumerate(orders):
             s, t = points[i], points[i + 1]
@@ -84,12 +95,12 @@ class UniPC(Sampler):
             if i == p.steps - 1:
                 x = x_pred
             else:
-                m_t = model_output("data", score_fn, x_pred, t)
+                m_t = model_output("data", score_fn, x_pred, t, threshold)
                 x = self.update(x, s, t, m_s, past, m_t, k) if p.corrector else x_pred
                 history = [*history[-1:], (s.lam, m_s)]
                 m_s = m_t
             self.report(callback, i, t.t, x)
-        return finish(score_fn, lg, x, p.final_denoise), p.steps
+        return finish(score_fn, lg, x, p.final_denoise, threshold), p.steps
 
     def update(self, x: Tensor, s: LogSNRPoint, t: LogSNRPoint, m_s: Tensor, past: list[tuple[float, Tensor]],
                m_t: Tensor | None, order: int) -> Tensor:
