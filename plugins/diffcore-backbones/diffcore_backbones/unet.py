@@ -13,6 +13,9 @@ Layout, for ``channel_mults = [m_0, ..., m_{L-1}]`` and base width ``c``::
 ResBlocks use FiLM (scale-shift) conditioning on the time (+ class) embedding, a zero-initialised last
 convolution and residuals scaled by ``1/sqrt(2)`` (NCSN++ ``skip_rescale``); attention is single-head
 self-attention over the ``H W`` positions via :func:`torch.nn.functional.scaled_dot_product_attention`.
+
+:class:`UNetClassifier` is the way down and the middle block of the same layout with a pooled linear
+head: a noise-conditional classifier ``(B, C, H, W), (B,) -> (B, num_classes)`` for classifier guidance.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from einops import rearrange
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from diffcore.classifier import NoiseClassifier
 from diffcore.component import Params
 from diffcore.limits import (
     MAX_DEPTH,
@@ -47,8 +51,9 @@ MAX_LEVELS = MAX_IMAGE_SIZE.bit_length()
 """Most resolution levels: each after the first halves ``image_size``, which must stay divisible."""
 
 
-class UNetParams(Params):
-    """Parameters of :class:`UNet`; ``image_size`` must be divisible by ``2**(len(channel_mults) - 1)``."""
+class UNetLayoutParams(Params):
+    """The fields :class:`UNetParams` and :class:`UNetClassifierParams` share, and their checks;
+    ``image_size`` must be divisible by ``2**(len(channel_mults) - 1)``."""
 
     in_channels: Width = Field(1, description="Image channels C.")
     image_size: int = Field(8, gt=0, le=MAX_IMAGE_SIZE, description="Height and width of the (square) images; "
@@ -64,8 +69,6 @@ class UNetParams(Params):
         "is applied.",
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the ResBlocks.")
-    num_classes: Classes | None = Field(None, description="Classes for conditioning (plus a null label).")
-    output: Literal["score", "eps", "x0", "v"] = Field("eps", description="What the network predicts.")
     embedding_dim: Width | None = Field(
         None, description="Width of the time (and class) embedding; default 4 * channels.",
     )
@@ -74,16 +77,24 @@ class UNetParams(Params):
     )
     fourier_scale: float = Field(16.0, gt=0, description="Std of the random Fourier frequencies.")
 
+    def _res_blocks(self) -> tuple[str, int]:
+        """What the network's number of ResBlocks is, in words, and its value."""
+        raise NotImplementedError
+
+    def _parameter_count(self) -> int:
+        """The network's trainable parameters, in closed form."""
+        raise NotImplementedError
+
     @model_validator(mode="after")
-    def _check(self) -> UNetParams:
+    def _check(self) -> UNetLayoutParams:
         check_total("in_channels x image_size^2 (the values of one image)", self.in_channels * self.image_size**2,
                     MAX_EVENT_VALUES, "lower in_channels or image_size")
         if any(m <= 0 for m in self.channel_mults):
             raise ValueError(f"channel_mults must all be positive, got {self.channel_mults}")
         check_total("channels x the largest of channel_mults (the widest layer)",
                     self.channels * max(self.channel_mults), MAX_WIDTH, "lower channels or channel_mults")
-        check_total("the number of ResBlocks, len(channel_mults) x (2 num_res_blocks + 1) + 2",
-                    len(self.channel_mults) * (2 * self.num_res_blocks + 1) + 2, MAX_DEPTH,
+        what, blocks = self._res_blocks()
+        check_total(f"the number of ResBlocks, {what}", blocks, MAX_DEPTH,
                     "lower num_res_blocks or use fewer channel_mults")
         factor = 2 ** (len(self.channel_mults) - 1)
         if self.image_size % factor:
@@ -103,7 +114,7 @@ class UNetParams(Params):
             raise ValueError(f"embedding_dim must be even, got {self.embedding_dim}")
         check_total("the width of the time embedding (embedding_dim, default 4 x channels)", self.emb_dim, MAX_WIDTH,
                     "set embedding_dim or lower channels")
-        check_total("the number of parameters", parameter_count(self), MAX_PARAMETERS,
+        check_total("the number of parameters", self._parameter_count(), MAX_PARAMETERS,
                     "lower channels, channel_mults, num_res_blocks, embedding_dim or num_classes")
         return self
 
@@ -116,6 +127,20 @@ class UNetParams(Params):
     def emb_dim(self) -> int:
         """The embedding width actually used: ``embedding_dim`` or ``4 * channels``."""
         return self.embedding_dim if self.embedding_dim is not None else 4 * self.channels
+
+
+class UNetParams(UNetLayoutParams):
+    """Parameters of :class:`UNet`; ``image_size`` must be divisible by ``2**(len(channel_mults) - 1)``."""
+
+    num_classes: Classes | None = Field(None, description="Classes for conditioning (plus a null label).")
+    output: Literal["score", "eps", "x0", "v"] = Field("eps", description="What the network predicts.")
+
+    def _res_blocks(self) -> tuple[str, int]:
+        return ("len(channel_mults) x (2 num_res_blocks + 1) + 2",
+                len(self.channel_mults) * (2 * self.num_res_blocks + 1) + 2)
+
+    def _parameter_count(self) -> int:
+        return parameter_count(self)
 
 
 def _conv_parameters(cin: int, cout: int, kernel: int) -> int:
@@ -135,29 +160,39 @@ def _attention_parameters(channels: int) -> int:
     return 2 * channels + _conv_parameters(channels, 3 * channels, 1) + _conv_parameters(channels, channels, 1)
 
 
+def _trunk_parameters(p: UNetLayoutParams) -> tuple[int, list[int]]:
+    """Parameters of the input convolution, the levels on the way down (``UNet.down``) and the middle
+    block, walking the layout of :func:`_down_levels` with sizes only, and the widths of the skip
+    connections (the last is the width at the bottom)."""
+    emb = p.emb_dim
+    widths = [p.channels * m for m in p.channel_mults]
+    total = _conv_parameters(p.in_channels, p.channels, 3)
+    skips, cur = [p.channels], p.channels
+    for i, (res, width) in enumerate(zip(p.resolutions, widths, strict=True)):
+        for _ in range(p.num_res_blocks):
+            total += _res_block_parameters(cur, width, emb)
+            total += _attention_parameters(width) if res in p.attention_resolutions else 0
+            cur = width
+            skips.append(cur)
+        if i < len(widths) - 1:
+            total += _conv_parameters(cur, cur, 3)
+            skips.append(cur)
+    return total + 2 * _res_block_parameters(cur, cur, emb) + _attention_parameters(cur), skips
+
+
 def parameter_count(p: UNetParams) -> int:
     """Trainable parameters of :class:`UNet` with ``p``, walking the layout of ``UNet.__init__`` with
     sizes only (nothing is allocated)."""
     emb = p.emb_dim
     widths = [p.channels * m for m in p.channel_mults]
-    total = embedding_parameters(emb, p.channels, p.num_classes) + _conv_parameters(p.in_channels, p.channels, 3)
-
-    def level(cin: int, cout: int, res: int) -> int:
-        return _res_block_parameters(cin, cout, emb) + (_attention_parameters(cout) if res in p.attention_resolutions
-                                                         else 0)
-
-    skips, cur = [p.channels], p.channels
-    for i, (res, width) in enumerate(zip(p.resolutions, widths, strict=True)):
-        for _ in range(p.num_res_blocks):
-            total, cur = total + level(cur, width, res), width
-            skips.append(cur)
-        if i < len(widths) - 1:
-            total += _conv_parameters(cur, cur, 3)
-            skips.append(cur)
-    total += 2 * _res_block_parameters(cur, cur, emb) + _attention_parameters(cur)
+    trunk, skips = _trunk_parameters(p)
+    total = embedding_parameters(emb, p.channels, p.num_classes) + trunk
+    cur = skips[-1]
     for i in reversed(range(len(widths))):
         for _ in range(p.num_res_blocks + 1):
-            total, cur = total + level(cur + skips.pop(), widths[i], p.resolutions[i]), widths[i]
+            total += _res_block_parameters(cur + skips.pop(), widths[i], emb)
+            total += _attention_parameters(widths[i]) if p.resolutions[i] in p.attention_resolutions else 0
+            cur = widths[i]
         if i > 0:
             total += _conv_parameters(cur, cur, 3)
     return total + 2 * cur + _conv_parameters(cur, p.in_channels, 3)
@@ -253,6 +288,37 @@ class _Level(nn.Module):
         return out
 
 
+def _down_levels(p: UNetLayoutParams, emb_dim: int) -> tuple[nn.ModuleList, list[int]]:
+    """The levels on the way down (``num_res_blocks`` x :class:`_Level` per level, a
+    :class:`_Downsample` between levels) and the widths of the skip connections (the input
+    convolution's first; the last is the width at the bottom)."""
+    widths = [p.channels * m for m in p.channel_mults]
+    down = nn.ModuleList()
+    skips = [p.channels]
+    cur = p.channels
+    for i, (res, width) in enumerate(zip(p.resolutions, widths, strict=True)):
+        for _ in range(p.num_res_blocks):
+            down.append(_Level(cur, width, emb_dim, p.dropout, res in p.attention_resolutions))
+            cur = width
+            skips.append(cur)
+        if i < len(widths) - 1:
+            down.append(_Downsample(cur))
+            skips.append(cur)
+    return down, skips
+
+
+def _as_image(x: Tensor, image_shape: tuple[int, int, int], what: str) -> Tensor:
+    """``x`` as ``(B, C, H, W)`` images: unchanged when it has that shape, else (a pipeline may hold
+    samples in another shape with as many values, e.g. flat vectors) reshaped."""
+    if tuple(x.shape[1:]) == image_shape:
+        return x
+    c, size, _ = image_shape
+    if x.ndim < 2 or math.prod(x.shape[1:]) != c * size * size:
+        raise ValueError(f"{what} expects x of shape (B, {', '.join(map(str, image_shape))}) "
+                         f"or (B, ...) with {c * size * size} values per sample, got {tuple(x.shape)}")
+    return rearrange(x.reshape(x.shape[0], -1), "b (c h w) -> b c h w", c=c, h=size, w=size)
+
+
 class UNet(ScoreModel):
     """A small U-Net for images ``(B, in_channels, image_size, image_size)``; see the module docstring.
 
@@ -278,17 +344,8 @@ class UNet(ScoreModel):
 
         widths = [p.channels * m for m in p.channel_mults]
         self.conv_in = nn.Conv2d(p.in_channels, p.channels, 3, padding=1)
-        self.down = nn.ModuleList()
-        skips = [p.channels]
-        cur = p.channels
-        for i, (res, width) in enumerate(zip(p.resolutions, widths, strict=True)):
-            for _ in range(p.num_res_blocks):
-                self.down.append(_Level(cur, width, emb_dim, p.dropout, res in p.attention_resolutions))
-                cur = width
-                skips.append(cur)
-            if i < len(widths) - 1:
-                self.down.append(_Downsample(cur))
-                skips.append(cur)
+        self.down, skips = _down_levels(p, emb_dim)
+        cur = skips[-1]
 
         self.mid1 = _ResBlock(cur, cur, emb_dim, p.dropout)
         self.mid_attn = _Attention(cur)
@@ -314,14 +371,7 @@ class UNet(ScoreModel):
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         shape = x.shape
-        if tuple(shape[1:]) != self.image_shape:
-            # a pipeline may hold samples in another shape with as many values (e.g. flat vectors)
-            c, size, _ = self.image_shape
-            if x.ndim < 2 or math.prod(shape[1:]) != c * size * size:
-                raise ValueError(f"the U-Net expects x of shape (B, {', '.join(map(str, self.image_shape))}) "
-                                 f"or (B, ...) with {c * size * size} values per sample, got {tuple(shape)}")
-            x = rearrange(x, "b ... -> b (...)")
-            x = rearrange(x, "b (c h w) -> b c h w", c=c, h=size, w=size)
+        x = _as_image(x, self.image_shape, "the U-Net")
         emb = embed(self.time, self.classes, t, cond, x.shape[0], x.device).to(x.dtype)
         h = self.conv_in(x)
         hs = [h]
@@ -333,3 +383,83 @@ class UNet(ScoreModel):
             h = block(torch.cat([h, hs.pop()], dim=1), emb) if isinstance(block, _Level) else block(h)
         out: Tensor = self.conv_out(F.silu(self.norm_out(h)))
         return out.reshape(shape)
+
+
+class UNetClassifierParams(UNetLayoutParams):
+    """Parameters of :class:`UNetClassifier`: the layout of the U-Net's way down (as :class:`UNetParams`)
+    and the number of classes."""
+
+    num_classes: Classes = Field(description="Number of classes C; labels lie in [0, C).")
+
+    def _res_blocks(self) -> tuple[str, int]:
+        return "len(channel_mults) x num_res_blocks + 2", len(self.channel_mults) * self.num_res_blocks + 2
+
+    def _parameter_count(self) -> int:
+        return classifier_parameter_count(self)
+
+
+def classifier_parameter_count(p: UNetClassifierParams) -> int:
+    """Trainable parameters of :class:`UNetClassifier` with ``p``, from the layer sizes (nothing is
+    allocated): the time embedding, the trunk shared with :class:`UNet` and the head (a GroupNorm and
+    the output layer)."""
+    trunk, skips = _trunk_parameters(p)
+    cur = skips[-1]
+    return embedding_parameters(p.emb_dim, p.channels, None) + trunk + 2 * cur + linear_parameters(cur, p.num_classes)
+
+
+class UNetClassifier(NoiseClassifier):
+    """A noise-conditional image classifier ``p_t(y | x_t)``: the downsampling half of :class:`UNet`
+    with a pooled linear head, as the classifiers of Dhariwal & Nichol (2021, Sec. 4 and Appendix;
+    the "downsampling trunk of the UNet") used for classifier guidance, trained on perturbed data as
+    in Song et al. (2021, Sec. 5 and Appendix I.4).
+
+    ``x`` ``(B, in_channels, image_size, image_size)`` (or ``(B, ...)`` with as many values per
+    sample, reshaped) and ``t`` ``(B,)`` map to logits ``(B, num_classes)``::
+
+        conv3x3 -> [level i: num_res_blocks x (ResBlock(c m_i) [+ attention]), strided-conv downsample]
+                -> middle: ResBlock, attention, ResBlock
+                -> GroupNorm, SiLU, global average pool, Linear(c m_{L-1}, num_classes) (zero-initialised)
+
+    The layers up to the middle block are exactly those of the score :class:`UNet` with the same
+    params: ResBlocks take the time embedding (the same :class:`TimeEmbedding`) by FiLM. Dhariwal &
+    Nichol pool with attention at 8x8; a global average pool is used here. The zero-initialised head
+    starts at the uniform posterior. Train it with :class:`~diffcore.classifier.CrossEntropy`
+    (``diffcore train`` on a classifier spec).
+    """
+
+    name = "unet"
+    Params = UNetClassifierParams
+    params: UNetClassifierParams
+
+    def __init__(self, params: UNetClassifierParams | None = None, /, **kwargs: object) -> None:
+        super().__init__(params, **kwargs)
+        p = self.params
+        self.image_shape: tuple[int, int, int] = (p.in_channels, p.image_size, p.image_size)
+        self.event_shape = self.image_shape
+        emb_dim = p.emb_dim
+        self.time = TimeEmbedding(emb_dim, p.time_embedding, p.fourier_scale, features=p.channels)
+        self.conv_in = nn.Conv2d(p.in_channels, p.channels, 3, padding=1)
+        self.down, skips = _down_levels(p, emb_dim)
+        cur = skips[-1]
+        self.mid1 = _ResBlock(cur, cur, emb_dim, p.dropout)
+        self.mid_attn = _Attention(cur)
+        self.mid2 = _ResBlock(cur, cur, emb_dim, p.dropout)
+        self.norm_out = _norm(cur)
+        self.head = nn.Linear(cur, p.num_classes)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def num_classes(self) -> int:
+        return self.params.num_classes
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        x = _as_image(x, self.image_shape, "the U-Net classifier")
+        emb = embed(self.time, None, t, None, x.shape[0], x.device).to(x.dtype)
+        h = self.conv_in(x)
+        for block in self.down:
+            h = block(h, emb) if isinstance(block, _Level) else block(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        h = F.silu(self.norm_out(h)).mean(dim=(2, 3))
+        logits: Tensor = self.head(h)
+        return logits
