@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from diffcore.component import check_compatible, component_errors
-from diffcore.condition import Condition
+from diffcore.condition import FIELDS, Condition
 from diffcore.errors import PluginError, UsageError
 from diffcore.guidance import Guidance
 from diffcore.model import ConditionalScoreFn, ScoreModel, score_function
@@ -127,7 +127,8 @@ class Pipeline:
         for g in self.guidance:
             missing = sorted(g.needs - cond.given())
             if missing:
-                raise UsageError(f"guidance {g.name!r} needs {' and '.join(missing)}: {_HOW_TO_GIVE[missing[0]]}")
+                how = _HOW_TO_GIVE.get(missing[0], f"diffcore.Condition has the fields {', '.join(FIELDS)}")
+                raise UsageError(f"guidance {g.name!r} needs {' and '.join(missing)}: {how}")
             with component_errors(g, "checking the condition"):
                 g.check_condition(cond)
         null = self.model.null_label

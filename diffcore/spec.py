@@ -154,10 +154,15 @@ def is_classifier_spec(spec: PipelineSpecBase) -> bool:
 
 
 def json_schema(registry: Registry | None = None) -> dict[str, Any]:
-    """JSON Schema (draft 2020-12) of the pipeline spec, third-party components included."""
-    schema = pipeline_spec_model(registry).model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    return schema
+    """JSON Schema (draft 2020-12) of specs, third-party components included: a pipeline spec or a
+    classifier spec (:func:`classifier_spec_model`), whose component definitions are shared."""
+    pipeline = pipeline_spec_model(registry).model_json_schema()
+    classifier = classifier_spec_model(registry).model_json_schema()
+    defs = {**classifier.pop("$defs", {}), **pipeline.pop("$defs", {})}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "diffcore spec",
+            "description": "A pipeline spec (process, model, sampler, ...) or a classifier spec (process, "
+                           "classifier, data, train).",
+            "anyOf": [pipeline, classifier], "$defs": defs}
 
 
 # ---------------------------------------------------------------------------------------------

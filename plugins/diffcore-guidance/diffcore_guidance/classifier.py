@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from diffcore.classifier import NoiseClassifier
 from diffcore.component import check_compatible, describe
 from diffcore.condition import Condition
-from diffcore.errors import CompatibilityError, SpecError, UsageError
+from diffcore.errors import CompatibilityError, DiffcoreError, SpecError, UsageError
 from diffcore.guidance import Guidance, in_interval, input_gradient
 from diffcore.model import ConditionalScoreFn, ScoreModel
 from diffcore.process import ForwardProcess
@@ -127,7 +127,10 @@ def _load_run(path: Path) -> NoiseClassifier:
     if not path.is_dir():
         raise UsageError(f"guidance 'classifier', field `run`: {path} is not a run directory or checkpoint of "
                          "`diffcore train`")
-    data, checkpoint, _ = spec_or_checkpoint(path)
+    try:
+        data, checkpoint, _ = spec_or_checkpoint(path)
+    except DiffcoreError as exc:
+        raise UsageError(f"guidance 'classifier', field `run`: {path} holds no trained classifier: {exc}") from None
     spec = data.get("classifier")
     if not isinstance(spec, dict) or not isinstance(spec.get("type"), str) or checkpoint is None:
         raise UsageError(f"guidance 'classifier', field `run`: {path} holds no trained classifier (its spec "
