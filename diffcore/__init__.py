@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     )
     from diffcore.guidance import Guidance
     from diffcore.hookspecs import hookimpl
+    from diffcore.likelihood import LikelihoodOptions, LikelihoodResult, log_likelihood
     from diffcore.model import ScoreModel
     from diffcore.noise import NoiseSource
     from diffcore.objective import Objective
@@ -62,6 +63,9 @@ _EXPORTS: dict[str, str] = {
     "Condition": "diffcore.condition",
     "NoiseClassifier": "diffcore.classifier",
     "hookimpl": "diffcore.hookspecs",
+    "LikelihoodOptions": "diffcore.likelihood",
+    "LikelihoodResult": "diffcore.likelihood",
+    "log_likelihood": "diffcore.likelihood",
     "ScoreModel": "diffcore.model",
     "NoiseSource": "diffcore.noise",
     "Objective": "diffcore.objective",
@@ -99,6 +103,8 @@ __all__ = [
     "DiffcoreError",
     "ForwardProcess",
     "Guidance",
+    "LikelihoodOptions",
+    "LikelihoodResult",
     "LinearGaussianProcess",
     "NoiseClassifier",
     "NoiseSource",
@@ -119,4 +125,5 @@ __all__ = [
     "__version__",
     "get_registry",
     "hookimpl",
+    "log_likelihood",
 ]

@@ -37,8 +37,8 @@ Callback = Callable[[StepInfo], None]
 @dataclass(frozen=True)
 class SampleResult:
     """Samples ``x`` ``(B, *event)``, the number of (guided) score evaluations, of solver steps
-    (``None`` where the solver does not report them, e.g. adaptive torchdiffeq methods) and of network
-    forward passes per sample, filled in by the pipeline: classifier-free guidance's batched pass
+    (``None`` where the solver does not report them; an adaptive ODE solve reports its accepted steps)
+    and of network forward passes per sample, filled in by the pipeline: classifier-free guidance's batched pass
     over ``2 B`` rows counts 2, a classifier's pass 1 more (``None`` where not counted)."""
 
     x: Tensor
