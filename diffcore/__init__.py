@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from diffcore.component import Component, Params
     from diffcore.condition import Condition
     from diffcore.data import Dataset
+    from diffcore.encoding import EncodeResult, encode
     from diffcore.errors import (
         CompatibilityError,
         DiffcoreError,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from diffcore.model import ScoreModel
     from diffcore.noise import NoiseSource
     from diffcore.objective import Objective
+    from diffcore.partial import noise_to, starting_at
     from diffcore.pipeline import Pipeline
     from diffcore.process import LINEAR_GAUSSIAN, ForwardProcess, LinearGaussianProcess
     from diffcore.registry import Registry, get_registry
@@ -50,6 +52,8 @@ _EXPORTS: dict[str, str] = {
     "Component": "diffcore.component",
     "Params": "diffcore.component",
     "Dataset": "diffcore.data",
+    "EncodeResult": "diffcore.encoding",
+    "encode": "diffcore.encoding",
     "CompatibilityError": "diffcore.errors",
     "DiffcoreError": "diffcore.errors",
     "NonFiniteError": "diffcore.errors",
@@ -69,6 +73,8 @@ _EXPORTS: dict[str, str] = {
     "ScoreModel": "diffcore.model",
     "NoiseSource": "diffcore.noise",
     "Objective": "diffcore.objective",
+    "noise_to": "diffcore.partial",
+    "starting_at": "diffcore.partial",
     "Pipeline": "diffcore.pipeline",
     "LINEAR_GAUSSIAN": "diffcore.process",
     "ForwardProcess": "diffcore.process",
@@ -101,6 +107,7 @@ __all__ = [
     "Condition",
     "Dataset",
     "DiffcoreError",
+    "EncodeResult",
     "ForwardProcess",
     "Guidance",
     "LikelihoodOptions",
@@ -123,7 +130,10 @@ __all__ = [
     "TrainingError",
     "UsageError",
     "__version__",
+    "encode",
     "get_registry",
     "hookimpl",
     "log_likelihood",
+    "noise_to",
+    "starting_at",
 ]

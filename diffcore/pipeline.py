@@ -24,10 +24,13 @@ from torch import Tensor
 
 from diffcore.component import check_compatible, component_errors
 from diffcore.condition import FIELDS, Condition
+from diffcore.encoding import EncodeResult, check_data, encode, encode_interval
 from diffcore.errors import PluginError, UsageError
 from diffcore.guidance import Guidance
 from diffcore.model import ConditionalScoreFn, ScoreModel, score_function
 from diffcore.noise import NoiseSource
+from diffcore.ode import SolverParams
+from diffcore.partial import starting_at
 from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.registry import Registry, get_registry
 from diffcore.sampler import Callback, Sampler, SampleResult, check_result
@@ -131,6 +134,9 @@ class Pipeline:
                 raise UsageError(f"guidance {g.name!r} needs {' and '.join(missing)}: {how}")
             with component_errors(g, "checking the condition"):
                 g.check_condition(cond)
+        self._check_labels(cond)
+
+    def _check_labels(self, cond: Condition) -> None:
         null = self.model.null_label
         if cond.labels is not None and null is not None:
             bad = (cond.labels < 0) | (cond.labels > null)
@@ -139,23 +145,41 @@ class Pipeline:
                                  f"but labels such as {int(cond.labels[bad][0])} were given")
 
     def iter_samples(self, num: int, *, seed: int, batch_size: int | None = None, start: int = 0,
-                     latents: Tensor | None = None, device: torch.device | str | None = None,
-                     dtype: torch.dtype = torch.float32, cond: Condition | Tensor | None = None,
+                     latents: Tensor | None = None, x_start: Tensor | None = None, t_start: float | None = None,
+                     device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                     cond: Condition | Tensor | None = None,
                      callback: Callback | None = None) -> Iterator[tuple[int, SampleResult]]:
         """Yield ``(first index, result)`` for chunks of at most ``batch_size`` samples.
 
         Samples ``start, ..., start + num - 1`` are drawn; sample ``i`` depends only on ``seed`` and
         ``i`` (the noise is counter-based), so the chunking never changes the result of a fixed-step
-        sampler. ``latents`` ``(num, *shape)`` replaces the prior draw at ``T``; ``cond``, a
+        sampler. ``x_start`` ``(num, *shape)`` replaces the prior draw at ``T``: states at ``t_start``
+        (default ``T``; ``t_min < t_start <= T``), from which the sampler runs instead of from ``T``
+        (partial-range sampling, e.g. SDEdit's noised data of :func:`diffcore.partial.noise_to`, or the
+        latents of :meth:`encode`; any sampler, through :func:`diffcore.partial.starting_at`); the
+        sampler's own noise is still drawn per sample from ``seed``. ``latents`` is the older name of
+        ``x_start`` (give one of them). ``cond``, a
         :class:`~diffcore.condition.Condition` or class labels ``(num,)``, is checked before the first
         chunk and sliced along with the chunks. Each result counts the network forward passes per
         sample (``forward_passes``): a pass over ``k B`` rows of a chunk of ``B`` counts ``k``.
         """
         if num < 1:
             raise UsageError(f"the number of samples must be positive, got {num}")
-        if latents is not None and tuple(latents.shape) != (num, *self.shape):
-            raise UsageError(f"latents have shape {tuple(latents.shape)} but {num} samples of shape "
-                             f"{self.shape} need {(num, *self.shape)}")
+        if latents is not None and x_start is not None:
+            raise UsageError("give the start states once: x_start (latents is its older name), not both")
+        what = "latents" if latents is not None else "x_start"
+        x_start = latents if latents is not None else x_start
+        if t_start is not None and x_start is None:
+            raise UsageError(f"t_start = {t_start!r} needs x_start, the states (num, *shape) at t_start that the "
+                             "sampler starts from (e.g. data noised to t_start by diffcore.partial.noise_to, as "
+                             "in SDEdit, or the latents of Pipeline.encode)")
+        process = starting_at(self.process, t_start) if t_start is not None else self.process
+        if x_start is not None:
+            if not isinstance(x_start, Tensor) or tuple(x_start.shape) != (num, *self.shape):
+                got = f"shape {tuple(x_start.shape)}" if isinstance(x_start, Tensor) else f"a {type(x_start).__name__}"
+                raise UsageError(f"{what} have {got} but {num} samples of shape {self.shape} need "
+                                 f"{(num, *self.shape)}")
+            check_data(x_start, what)
         condition = Condition.of(cond)
         self.check_condition(condition, num)
         device = torch.device(device) if device is not None else _model_device(self.model)
@@ -166,14 +190,13 @@ class Pipeline:
         for lo in range(0, num, batch_size):
             hi = min(num, lo + batch_size)
             noise = NoiseSource.range(seed, start + lo, start + hi, device)
-            if latents is not None:
-                x_T = latents[lo:hi].to(device=device, dtype=dtype)
+            if x_start is not None:
+                x_T = x_start[lo:hi].to(device=device, dtype=dtype)
             else:
                 x_T = self.process.prior_sample(noise, self.shape, dtype=dtype)
             chunk_cond = condition.rows(lo, hi).to(device, dtype)
             with torch.no_grad(), count_rows(self.networks()) as rows, component_errors(self.sampler, "sampling"):
-                result = self.sampler.sample(self.score_fn(chunk_cond), self.process, x_T, noise,
-                                             callback=callback)
+                result = self.sampler.sample(self.score_fn(chunk_cond), process, x_T, noise, callback=callback)
             result = check_result(result, x_T, self.sampler)
             x = result.x
             with torch.no_grad():
@@ -197,6 +220,45 @@ class Pipeline:
         passes = [r.forward_passes for _, r in parts if r.forward_passes is not None]
         return SampleResult(x=x, nfe=max(r.nfe for _, r in parts), steps=max(steps) if steps else None,
                             forward_passes=max(passes) if passes else None)
+
+    def encode(self, x: Tensor, *, cond: Condition | Tensor | None = None, t_start: float | None = None,
+               t_end: float | None = None, options: SolverParams | None = None, batch_size: int | None = None,
+               device: torch.device | str | None = None) -> EncodeResult:
+        """Encode data ``x`` ``(n, *shape)`` at ``t_start`` (default ``t_min``) into latents at ``t_end``
+        (default ``T``) by the probability-flow ODE (:func:`diffcore.encoding.encode`; Song et al. 2021,
+        Sec. 4.3), with the model's score: the condition's labels go to a conditional model, the
+        guidance is not applied (the flow of the model itself, which the ``probability_flow`` sampler
+        without guidance inverts). Decode with
+        ``pipe.with_sampler("probability_flow").sample(n, seed=0, x_start=result.latent, t_start=t_end)``.
+
+        ``batch_size`` rows per solve (default all; an adaptive solve couples the rows of a chunk within
+        its tolerance); the result's latents are in ``x``'s dtype on ``device`` (default the model's),
+        its ``nfe`` and ``steps`` the largest over chunks, ``seconds`` their sum.
+        """
+        check_data(x)
+        if tuple(x.shape[1:]) != self.shape:
+            raise UsageError(f"the data have shape {tuple(x.shape)} but samples of this pipeline have shape "
+                             f"{self.shape}: give (n, {', '.join(map(str, self.shape))})")
+        num = x.shape[0]
+        t0, t1 = encode_interval(self.process, t_start, t_end)
+        condition = Condition.of(cond)
+        condition.check(num, self.shape)
+        self._check_labels(condition)
+        device = torch.device(device) if device is not None else _model_device(self.model)
+        self.to(device)
+        batch_size = batch_size or num
+        if batch_size < 1:
+            raise UsageError(f"batch size must be positive, got {batch_size}")
+        fn = score_function(self.model, self.process)
+        parts = []
+        for lo in range(0, num, batch_size):
+            hi = min(num, lo + batch_size)
+            chunk_cond = condition.rows(lo, hi).to(device, x.dtype)
+            parts.append(encode(lambda xs, ts, c=chunk_cond: fn(xs, ts, c), self.process,
+                                x[lo:hi].to(device), t_start=t0, t_end=t1, options=options))
+        return EncodeResult(latent=torch.cat([p.latent for p in parts]), t_start=t0, t_end=t1,
+                            nfe=max(p.nfe for p in parts), steps=max(p.steps for p in parts),
+                            seconds=sum(p.seconds for p in parts))
 
 
 _HOW_TO_GIVE = {
