@@ -78,6 +78,22 @@ class LikelihoodOptions(SolverParams):
         return self
 
 
+MAX_DEQUANTIZATION_DRAWS = 1024
+"""Most uniform dequantisation draws per sample."""
+
+
+class LikelihoodConfig(LikelihoodOptions):
+    """The ``likelihood`` section of a spec: :class:`LikelihoodOptions` and how discrete data are read
+    (:mod:`diffcore.density`: uniform dequantisation and bits per dimension)."""
+
+    dequantize: int = Field(1, ge=1, le=MAX_DEQUANTIZATION_DRAWS, description="Uniform dequantisation draws "
+                            "per sample of discrete data (their log-likelihoods are averaged: a lower bound on "
+                            "log P(x); the log-mean-exp, a tighter one, is reported too).")
+    bin_width: float | None = Field(None, gt=0, allow_inf_nan=False, description="Spacing of discrete data in raw "
+                                    "units (1 for integer pixel levels); default: the spec's data set's, none for "
+                                    "continuous data.")
+
+
 @dataclass(frozen=True)
 class LikelihoodResult:
     """What :func:`log_likelihood` returns for ``n`` samples of ``D`` values each.
@@ -172,22 +188,23 @@ class _Divergence:
 
 
 def hutchinson_probes(options: LikelihoodOptions, shape: tuple[int, ...], *, seed: int, start: int = 0,
-                      device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+                      draw: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
     """The ``K`` probes ``(K, n, *event)`` of samples ``start .. start + n - 1`` (``shape = (n, *event)``):
     Rademacher signs or standard normals from :class:`~diffcore.noise.NoiseSource` (stream
-    ``"hutchinson"``), so a sample's probes depend only on ``seed`` and its index, not on the batch,
-    the chunking or the device."""
+    ``"hutchinson"``), so a sample's probes depend only on ``seed``, its index and ``draw`` (a new set for
+    each dequantisation draw of the same rows), not on the batch, the chunking or the device."""
     noise = NoiseSource.range(seed, start, start + shape[0], device=device)
     event = (options.probes, *shape[1:])
     if options.probe == "gaussian":
-        draws = noise.normal(event, step=0, stream="hutchinson", dtype=torch.float64)
+        draws = noise.normal(event, step=draw, stream="hutchinson", dtype=torch.float64)
     else:
-        draws = torch.where(noise.uniform(event, step=0, stream="hutchinson", dtype=torch.float64) < 0.5, -1.0, 1.0)
+        draws = torch.where(noise.uniform(event, step=draw, stream="hutchinson", dtype=torch.float64) < 0.5, -1.0, 1.0)
     return draws.to(dtype).transpose(0, 1).contiguous()  # (n, K, *event) -> (K, n, *event)
 
 
 def log_likelihood(score_fn: ScoreFn, process: ForwardProcess, x: Tensor, *, options: LikelihoodOptions | None = None,
-                   seed: int = 0, start: int = 0, t_start: float | None = None, t_end: float | None = None,
+                   seed: int = 0, start: int = 0, draw: int = 0, t_start: float | None = None,
+                   t_end: float | None = None,
                    end_log_prob: Callable[[Tensor], Tensor] | None = None) -> LikelihoodResult:
     """``log p(x)`` per sample, by the probability-flow ODE and the instantaneous change of variables
     (module docstring; Song et al. 2021, Sec. 4.3 and App. D.2; Chen et al. 2018; Grathwohl et al. 2019).
@@ -201,7 +218,8 @@ def log_likelihood(score_fn: ScoreFn, process: ForwardProcess, x: Tensor, *, opt
         options: divergence and solver (:class:`LikelihoodOptions`; default: exact trace, dopri5, 1e-5).
         seed, start: Hutchinson's probes are drawn for samples ``start .. start + n - 1`` under ``seed``
             (:func:`hutchinson_probes`): a shard of the rows with its ``start`` draws the probes it draws
-            within the whole. Unused by the exact trace, which is deterministic.
+            within the whole; ``draw`` selects an independent set of probes for the same rows (one per
+            dequantisation draw). Unused by the exact trace, which is deterministic.
         t_start, t_end: the interval, default ``[process.t_min, process.T]``, within it.
         end_log_prob: ``latent (n, *event) -> (n,)``, the log-density at ``t_end``: default the process's
             prior, required when ``t_end`` is not ``process.T``.
@@ -230,7 +248,8 @@ def log_likelihood(score_fn: ScoreFn, process: ForwardProcess, x: Tensor, *, opt
     n = x.shape[0]
     probes = None
     if opts.trace == "hutchinson":
-        probes = hutchinson_probes(opts, tuple(x.shape), seed=seed, start=start, device=x.device, dtype=x.dtype)
+        probes = hutchinson_probes(opts, tuple(x.shape), seed=seed, start=start, draw=draw, device=x.device,
+                                   dtype=x.dtype)
     divergence = _Divergence(probes)
     velocity = probability_flow_velocity(process, score_fn)
 

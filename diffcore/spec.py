@@ -29,6 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from diffcore.errors import RegistryError, SpecError
 from diffcore.inputs import read_bytes
+from diffcore.likelihood import LikelihoodConfig
 from diffcore.limits import MAX_INT_DIGITS, MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_VALUES, OptionalEventShape
 from diffcore.messages import describe_errors, format_problems, type_name
 from diffcore.registry import Entry, Registry, get_registry
@@ -104,6 +105,8 @@ def pipeline_spec_model(registry: Registry | None = None) -> type[PipelineSpecBa
         else:
             fields[field] = (kind_type(registry, kind), Field(description=description))
     fields["train"] = (TrainConfig | None, Field(None, description="Optimisation settings, for training."))
+    fields["likelihood"] = (LikelihoodConfig | None, Field(
+        None, description="How `diffcore likelihood` computes log p(x): trace, probes, solver, dequantisation."))
     for field, kind in LIST_FIELDS.items():
         none = not registry.names(kind)  # then the schema, like validation, admits only []
         fields[field] = (list[kind_type(registry, kind)], Field(  # type: ignore[misc]
@@ -351,7 +354,9 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
                 if last:
                     node[key] = value
                 else:
-                    node = node.setdefault(key, {})
+                    if node.get(key) is None:  # absent, or an optional section left unset (null)
+                        node[key] = {}
+                    node = node[key]
             elif isinstance(node, list):
                 if not key.isdigit() or int(key) >= len(node):
                     raise SpecError(f"--set {item!r}: {where} is a list of {len(node)} items; "
