@@ -177,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output .npy file, shape (num, *shape)")
     p.add_argument("--sampler", help="replace the spec's sampler by this registered one (its defaults)")
     p.add_argument("--steps", type=bounded_int(1, MAX_STEPS), help="set sampler.steps")
-    p.add_argument("--latents", type=Path, help=".npy of shape (num, *shape): start states at time T")
+    p.add_argument("--latents", type=Path, help=".npy of shape (num, *shape): start states at time T, or at "
+                   "--t-start")
+    p.add_argument("--t-start", type=float, help="start the sampler at this time (t_min < t <= T) from --latents, "
+                   "e.g. data noised to that time (SDEdit, Meng et al. 2022) or latents encoded to it")
     p.add_argument("--batch-size", type=bounded_int(1, MAX_SAMPLES),
                    help="samples per chunk (bounds memory; default: all, at most 16M values per chunk)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -324,7 +327,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         cond = load_condition(pipe, args.num, label=args.label, labels=args.labels, mask=args.mask,
                               observed=args.observed)
         summary = sample_to_file(pipe, args.out, args.num, seed=args.seed, batch_size=args.batch_size,
-                                 latents=latents, scaling=scaling, world=world, cond=cond)
+                                 latents=latents, t_start=args.t_start, scaling=scaling, world=world, cond=cond)
     if summary is None:  # not the main process
         return 0
     if args.json:

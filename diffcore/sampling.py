@@ -25,6 +25,7 @@ from diffcore.condition import Condition
 from diffcore.distributed import World, current_world, default_batch_size, on_main_rank, sample_chunks
 from diffcore.errors import UsageError
 from diffcore.inputs import load_npy, output_file
+from diffcore.partial import check_start_time
 from diffcore.pipeline import Pipeline
 from diffcore.spec import PipelineSpecBase, apply_overrides, validate_spec
 from diffcore.training.checkpoint import load_ema_weights, saved_spec_source, spec_or_checkpoint
@@ -133,11 +134,12 @@ def _check_space(out: Path, num: int, shape: tuple[int, ...]) -> None:
 
 
 def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_size: int | None = None,
-                   latents: torch.Tensor | None = None, scaling: tuple[float, float] | None = None,
-                   world: World | None = None, device: torch.device | str | None = None,
-                   cond: Condition | None = None) -> dict[str, Any] | None:
+                   latents: torch.Tensor | None = None, t_start: float | None = None,
+                   scaling: tuple[float, float] | None = None, world: World | None = None,
+                   device: torch.device | str | None = None, cond: Condition | None = None) -> dict[str, Any] | None:
     """Draw ``num`` samples of ``pipe`` into the ``.npy`` file ``out`` (float32, ``(num, *shape)``),
-    conditioned on ``cond`` (``num`` rows; checked before anything is written).
+    conditioned on ``cond`` (``num`` rows; checked before anything is written), from the prior or from
+    ``latents`` ``(num, *shape)`` at ``T`` (or at ``t_start``: partial-range sampling).
 
     Sample ``i`` depends only on ``(seed, i)``; ``batch_size`` bounds the samples per chunk (default:
     all, or an equal share per rank, up to 16M values per chunk); ``scaling`` ``(shift, mult)`` maps
@@ -153,6 +155,10 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
     if latents is not None and tuple(latents.shape) != (num, *pipe.shape):
         raise UsageError(f"--latents have shape {tuple(latents.shape)} but {num} samples of shape "
                          f"{tuple(pipe.shape)} need {(num, *pipe.shape)}; save exactly one start state per sample")
+    if t_start is not None:
+        if latents is None:
+            raise UsageError(f"--t-start {t_start:g} needs --latents, the states at that time to start from")
+        check_start_time(pipe.process, t_start)
     if cond is not None:
         pipe.check_condition(cond, num)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -172,7 +178,7 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
     try:
         array = on_main_rank(world, open_output, f"preparing --out {out}")
         for lo, x, nfe, forward in sample_chunks(pipe, num, seed=seed, world=world, batch_size=batch_size,
-                                                 latents=latents, cond=cond):
+                                                 latents=latents, t_start=t_start, cond=cond):
             if array is not None:
                 if scaling is not None:
                     x = x / scaling[1] + scaling[0]
@@ -191,7 +197,8 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
     return {
         "out": str(out), "num": num, "shape": list(pipe.shape), "seed": seed,
         "process": pipe.process.name, "model": pipe.model.name, "sampler": pipe.sampler.name,
-        "guidance": [g.name for g in pipe.guidance], "nfe": max(nfes), "nfe_total": sum(nfes),
+        "guidance": [g.name for g in pipe.guidance], "t_start": t_start if t_start is not None else pipe.process.T,
+        "nfe": max(nfes), "nfe_total": sum(nfes),
         "forward_passes": max(passes), "chunks": len(nfes),
         "batch_size": batch_size or default_batch_size(num, tuple(pipe.shape), world), "device": str(world.device),
         "processes": world.size, "range": "model" if scaling is None else "raw",
