@@ -184,8 +184,10 @@ class Setup:
     alpha_T: float
 
     @classmethod
-    def build(cls, mixture: Mixture) -> Setup:
-        pipe = Pipeline.from_spec({"process": {"type": "vp"}, "model": {"type": "gmm", **mixture.params},
+    def build(cls, mixture: Mixture, process_type: str = "vp") -> Setup:
+        """The pipeline of ``mixture`` under the process ``process_type`` with its default parameters
+        (VP, the sampler benchmarks' process, unless told; ``likelihood.py`` also takes ve and subvp)."""
+        pipe = Pipeline.from_spec({"process": {"type": process_type}, "model": {"type": "gmm", **mixture.params},
                                    "sampler": {"type": "ddim"}})
         process = pipe.process
         assert isinstance(process, LinearGaussianProcess)
