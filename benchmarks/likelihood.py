@@ -8,8 +8,10 @@ What each library computes, on the ``gmm`` model of a mixture (its exact score) 
 its default parameters (``vp``, ``ve``, ``subvp``), from points drawn from the mixture, the whole batch
 in one solve, float64, ``rtol = atol = tol`` for both:
 
-- **diffcore** :func:`diffcore.likelihood.log_likelihood`: the probability-flow ODE in ``t`` from
-  ``t_min`` to ``T`` (dopri5, its last step landing on ``T``) with the divergence by the exact trace
+- **diffcore** :func:`diffcore.likelihood.log_likelihood` (``variable="auto"``): the probability-flow
+  ODE in its VE form, ``y = x / alpha_t`` in the noise level ``s = sigma_t / alpha_t`` from ``s(t_min)``
+  to ``s(T)`` (dopri5, its last step landing on ``s(T)``; ``t(s)`` clamped to ``[t_min, T]``), with the
+  Jacobian ``D log alpha`` at both ends, the divergence (w.r.t. ``y``) by the exact trace
   or by Hutchinson's estimator with one Rademacher probe per point (``K = 1``, k-diffusion's
   estimator), plus the process's prior ``N(0, (alpha_T^2 + sigma_T^2) I)`` at the latent: ``log p_{t_min}(x)``.
 - **k-diffusion** ``log_likelihood(model, x, sigma_min, sigma_max, atol, rtol)`` (``sampling.py``):
