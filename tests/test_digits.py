@@ -24,9 +24,8 @@ import torch
 import yaml
 from conftest import ROOT
 
-from diffcore import get_registry
 from diffcore.cli import main
-from diffcore.metrics import frechet_distance
+from diffcore.testing.digits import DigitsReference
 
 SPEC = ROOT / "examples" / "train_digits.yaml"
 NUM = 1000
@@ -65,19 +64,11 @@ def test_digits_train_and_sample(tmp_path: Path) -> None:
     x = torch.from_numpy(np.load(samples, allow_pickle=False))
     assert x.shape == (NUM, 1, 8, 8)
 
-    data = yaml.safe_load(SPEC.read_text())["data"]
-    dataset = get_registry().build("dataset", data.pop("type"), **data)
-    x_train, y_train = dataset.split("train")
-    x_test, _ = dataset.split("test")
-    assert y_train is not None
-    floor = frechet_distance(x_train[:NUM], x_test)
-    fd = frechet_distance(x, x_test)
-
-    from sklearn.linear_model import LogisticRegression
-
-    classifier = LogisticRegression(max_iter=2000).fit(x_train.flatten(1).numpy(), y_train.numpy())
-    confident = float((classifier.predict_proba(x.flatten(1).numpy()).max(1) >= 0.9).mean())
-    real = float((classifier.predict_proba(x_test.flatten(1).numpy()).max(1) >= 0.9).mean())
+    ref = DigitsReference.load(yaml.safe_load(SPEC.read_text())["data"])
+    floor = ref.floor(NUM)
+    fd = ref.frechet(x)
+    confident = ref.confident(x, 0.9)
+    real = ref.confident(ref.x_test, 0.9)
     print(f"Frechet distance {fd:.3f} (floor {floor:.3f}); classified with p >= 0.9: {confident:.3f} (real {real:.3f})")
     assert 0.3 < floor < 0.4
     assert fd <= FRECHET_BOUND
