@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -130,3 +132,33 @@ def run_cli(*args: str, extra_paths: list[Path] = (), env: dict[str, str] | None
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "diffcore", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=600)
+
+
+@contextlib.contextmanager
+def torch_threads(num: int = 1) -> Iterator[None]:
+    """Torch on ``num`` CPU threads inside the block. Small batches on busy shared cores ran several
+    times slower with more threads here (a 16-D guidance run: 18 s with torch's default, 2 to 3 s with
+    one; the demo: up to 50 times)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(num)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """:func:`torch_threads` (1) for a whole test module: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    with torch_threads(1):
+        yield
+
+
+def run_main(*args: str) -> tuple[int, str, str]:
+    """``diffcore.cli.main(args)`` in this process: ``(exit code, stdout, stderr)``."""
+    from diffcore.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, run_main, torch_threads
 
-from diffcore.cli import main
 from diffcore.spec import validate_spec
 from diffcore_demo import demo
 
@@ -34,22 +29,6 @@ MOONS_MEAN = np.array([0.5, 0.25])
 """Mean of two moons in raw units: ``(0, 2 / pi)`` and ``(1, 0.5 - 2 / pi)`` averaged."""
 
 
-def run_main(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch on one CPU thread, as the demo runs (on busy cores two threads were 50 times slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +76,7 @@ def test_demo_writes_pictures_and_report(demo_run: tuple[Path, str]) -> None:
 def test_demo_run_folder_samples_with_the_cli(demo_run: tuple[Path, str], tmp_path: Path) -> None:
     out, _ = demo_run
     samples = tmp_path / "x.npy"
-    with one_thread():
+    with torch_threads(1):
         code, _, err = run_main("sample", str(out / "run"), "--num", "500", "--steps", "50", "--out", str(samples))
     assert code == 0, err
     x = np.load(samples)

@@ -13,8 +13,6 @@ This is the slowest test of the suite: the spec trains for about 9 minutes on tw
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -22,9 +20,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, run_main
 
-from diffcore.cli import main
 from diffcore.testing.digits import DigitsReference
 
 SPEC = ROOT / "examples" / "train_digits.yaml"
@@ -40,12 +37,6 @@ trained on real digits (measured for this spec: 0.87; real held-out digits: 0.81
 trained for as long: 0.63)."""
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-
-def run_main(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.mark.slow

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -59,15 +58,7 @@ PROCESS_PARAMS = {"ve": {"sigma_max": 100.0}}
 only the latent check starts from the prior, the rest from exact draws."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Torch on one CPU thread: small batches on busy shared cores (as tests/test_likelihood.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pipeline(process: str, sampler: str = "probability_flow", mixture: dict[str, Any] = REFERENCE_MIXTURE,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +61,7 @@ independent exact draw sets of the same size, over 10 replicates): the conventio
 the U-statistic having mean zero)."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Torch on one CPU thread: these are small batches, and on busy shared cores more threads were
-    several times slower here (a 16-D dps run: 18 s with torch's default threads, 2 to 3 s with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PROCESS_PARAMS = {"ve": {"sigma_max": 100.0}}

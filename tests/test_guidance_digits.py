@@ -17,17 +17,14 @@ on one thread of a busy machine).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_main
 
 from diffcore import Condition
-from diffcore.cli import main
 from diffcore.sampling import load_for_sampling
 from diffcore.testing.digits import DigitsReference
 
@@ -48,12 +45,6 @@ DIVERSITY_COST = 0.3
 """At w = 2 the Frechet distance must exceed w = 0's by at least this much (measured 0.774): strong
 guidance concentrates each class on its prototypes, which the test must see."""
 
-
-def run_main(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.mark.slow

@@ -24,7 +24,6 @@ The default tier uses the 2-D reference mixture and small batches; ``-m slow`` r
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -53,15 +52,7 @@ FLOW_BOUND = 1e-3
 tolerances of 1e-5, see :data:`LikelihoodOptions`); a tenth of the target."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Torch on one CPU thread: small batches, on busy shared cores (as tests/test_guidance.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def setup(process_name: str, mixture: dict[str, Any] = REFERENCE_MIXTURE,
