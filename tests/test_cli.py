@@ -18,6 +18,8 @@ import yaml
 from conftest import ROOT, run_cli
 
 import diffcore
+import diffcore.catalog
+import diffcore.sampling
 from diffcore.cli import main
 from diffcore.sampling import load_for_sampling, sample_to_file
 from diffcore.training.setup import run_training, setup_training
@@ -119,6 +121,33 @@ def test_sample_json_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert summary["nfe"] == 50 and summary["num"] == 500 and summary["seconds"] > 0
     x = np.load(out)
     assert x.shape == (500, 2) and x.dtype == np.float32 and np.isfinite(x).all()
+
+
+def test_threads_apply_to_the_command_and_are_restored(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    real = diffcore.sampling.sample_to_file
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(diffcore.sampling, "sample_to_file", spy)
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    code, _, err = cli(capsys, "sample", str(EXAMPLE), "--num", "20", "--steps", "5", "--threads", str(wanted),
+                       "--out", str(tmp_path / "x.npy"), "--device", "cpu")
+    assert code == 0, err
+    assert seen == [wanted] and torch.get_num_threads() == before
+    for command in ("train", "likelihood"):
+        assert "--threads" in subprocess.run([sys.executable, "-m", "diffcore", command, "--help"],
+                                             capture_output=True, text=True, check=True).stdout
+
+
+def test_list_of_an_empty_kind_says_so(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(diffcore.catalog, "describe_components", lambda kind=None: [])
+    code, out, _ = cli(capsys, "list", "guidance")
+    assert code == 0 and out.startswith("no guidance is registered; install a plugin")
 
 
 def test_batch_size_does_not_change_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
