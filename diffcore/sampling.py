@@ -39,6 +39,10 @@ def load_for_sampling(path: Path, *, sampler: str | None = None, steps: int | No
     the ``--set`` ``overrides`` applied; returns it with the validated spec and the checkpoint's
     metadata (``{}`` for a spec file)."""
     data, checkpoint, meta = spec_or_checkpoint(Path(path))
+    if checkpoint is not None and "sampler" not in data and sampler is None and "model" in data:
+        raise UsageError(f"the run {path} was trained from Python (diffcore.training.Trainer) and its saved spec "
+                         "names no sampler; choose one with --sampler NAME (`diffcore list sampler`), e.g. "
+                         f"diffcore sample {path} --sampler ddim --num 64 --out x.npy")
     if sampler is not None:
         data["sampler"] = {"type": sampler}
     if steps is not None:

@@ -323,3 +323,22 @@ def test_setup_training_from_python(tmp_path: Path) -> None:
         setup_training(EXAMPLE, device="cpu")
     with pytest.raises(diffcore.UsageError, match="is not a device"):
         setup_training(TRAIN_SPEC, device="gpu0", overrides=overrides)
+
+
+def test_a_run_trained_from_python_is_sampleable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's Python route: a ``Trainer`` without a spec saves its components' spec, so
+    ``diffcore sample RUN`` rebuilds the model; it names no sampler, and the CLI says how to choose one."""
+    from diffcore.training import TrainConfig, Trainer
+
+    registry = diffcore.get_registry()
+    data, _ = registry.build("dataset", "moons", num=500).split("train")  # type: ignore[attr-defined]
+    trainer = Trainer(registry.build("model", "mlp", shape=[2], hidden=32, depth=2),  # type: ignore[arg-type]
+                      registry.build("objective", "dsm"), registry.build("process", "vp"),  # type: ignore[arg-type]
+                      data, TrainConfig(steps=20, batch_size=64))
+    trainer.run(run_dir=tmp_path / "run", checkpoint_every=20)
+    code, _, err = cli(capsys, "sample", str(tmp_path / "run"), "--num", "8", "--out", str(tmp_path / "x.npy"))
+    assert code == 2 and "trained from Python" in err and "--sampler" in err
+    code, _, err = cli(capsys, "sample", str(tmp_path / "run"), "--num", "8", "--sampler", "ddim", "--steps", "5",
+                       "--out", str(tmp_path / "x.npy"), "--device", "cpu")
+    assert code == 0, err
+    assert np.load(tmp_path / "x.npy").shape == (8, 2)

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from diffcore.classifier import NoiseClassifier
-from diffcore.component import check_compatible
+from diffcore.component import Component, check_compatible
 from diffcore.distributed import World, current_world, mean_over_ranks, on_every_rank, on_main_rank
 from diffcore.errors import TrainingError, UsageError
 from diffcore.model import ScoreModel
@@ -114,7 +114,9 @@ class Trainer(Generic[Network]):
         model.bind(process)
         self.model: Network = model
         self.objective, self.process = objective, process
-        self.data, self.labels, self.spec, self.transform = data, labels, spec or {}, transform
+        self.data, self.labels, self.transform = data, labels, transform
+        # saved with every checkpoint, so that `diffcore sample RUN` can rebuild the model
+        self.spec = spec if spec is not None else components_spec(model, objective, process, cfg)
         self.metadata = metadata or {}  # saved with every checkpoint (JSON values), e.g. the data scaling
         self.world = world or current_world(data.device)
         if cfg.batch_size % self.world.size:
@@ -484,3 +486,18 @@ def fit(model: ScoreModel, objective: Objective, process: ForwardProcess, data: 
     Returns the model (trained in place), a separate EMA copy and the per-step losses.
     """
     return Trainer(model, objective, process, data, config, labels=labels).run(on_step=on_step)
+
+
+def components_spec(model: ScoreModel | NoiseClassifier, objective: Objective, process: ForwardProcess,
+                    config: TrainConfig) -> dict[str, Any]:
+    """The spec of a run built in Python: its components as ``{type: name, ...params}`` and the
+    training settings (no sampler: ``diffcore sample RUN --sampler NAME`` chooses one; no data section:
+    the data were given as a tensor, in the model's range)."""
+
+    def entry(component: Component) -> dict[str, Any]:
+        return {"type": component.name, **component.params.model_dump(mode="json")}
+
+    if isinstance(model, NoiseClassifier):
+        return {"process": entry(process), "classifier": entry(model), "train": config.model_dump(mode="json")}
+    return {"process": entry(process), "model": entry(model), "objective": entry(objective),
+            "train": config.model_dump(mode="json")}
