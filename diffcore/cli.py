@@ -173,8 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between checkpoints (default: steps / 10)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     _add_threads(p)
-    p.add_argument("--no-preview", action="store_true",
-                   help="skip the sample image and loss curve written at each checkpoint")
+    p.add_argument("--preview", choices=["last", "every", "none"], default="last",
+                   help="when to write a picture of EMA samples into the run directory: at the last checkpoint "
+                   "(default), at every checkpoint, or never; the loss curve is written at each checkpoint "
+                   "unless none")
+    p.add_argument("--no-preview", dest="preview", action="store_const", const="none",
+                   help="the same as --preview none")
     _add_set(p)
     p.set_defaults(func=cmd_train)
 
@@ -414,7 +418,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # a resumed run continues in its own run directory (the parent of a step-N folder)
         out = args.out or (run_dir_of(args.resume) if args.resume is not None else Path("runs") / args.spec.stem)
         summary = run_training(setup, out, resume=args.resume, checkpoint_every=args.checkpoint_every,
-                               preview=not args.no_preview)
+                               preview=args.preview)
         if world.is_main:
             print(summary_json(summary))
     return 0

@@ -342,3 +342,17 @@ def test_a_run_trained_from_python_is_sampleable(tmp_path: Path, capsys: pytest.
                        "--out", str(tmp_path / "x.npy"), "--device", "cpu")
     assert code == 0, err
     assert np.load(tmp_path / "x.npy").shape == (8, 2)
+
+
+@pytest.mark.parametrize(("option", "images"), [([], 1), (["--preview", "every"], 2), (["--no-preview"], 0)])
+def test_previews_are_drawn_at_the_last_checkpoint_unless_asked(tmp_path: Path, option: list[str],
+                                                                 images: int) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "process": {"type": "vp"}, "model": {"type": "mlp", "shape": [2], "hidden": 16, "depth": 1},
+        "sampler": {"type": "ddim", "steps": 5}, "objective": {"type": "dsm"},
+        "data": {"type": "moons", "num": 200}, "train": {"steps": 10, "batch_size": 32}}))
+    run = tmp_path / "run"
+    assert main(["train", str(spec), "--out", str(run), "--device", "cpu", "--checkpoint-every", "5", *option]) == 0
+    assert len(list((run / "samples").glob("step-*.png"))) == images
+    assert (run / "loss.png").is_file() == (images > 0)

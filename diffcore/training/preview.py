@@ -15,10 +15,13 @@ from diffcore.pipeline import Pipeline
 from diffcore.training.loop import Trainer
 
 
-def previewer(trainer: Trainer[ScoreModel], pipe: Pipeline, dataset: Dataset, out: Path) -> Callable[[int], None]:
+def previewer(trainer: Trainer[ScoreModel], pipe: Pipeline, dataset: Dataset, out: Path, *,
+              every: bool = False) -> Callable[[int], None]:
     """``on_save(step)``: the loss curve and a picture of EMA samples (2-D scatter against the data, or
     an image grid), written into the run directory ``out``; a failure is reported, never fatal. The
-    global random states are left as they were, so previews never change the training."""
+    samples are drawn at the last step only unless ``every`` (sampling with the spec's sampler can cost
+    more than the training between two checkpoints). The global random states are left as they were,
+    so previews never change the training."""
     from diffcore.plots import save_loss_curve, save_samples
 
     num = 1000 if len(pipe.shape) == 1 else 64
@@ -34,6 +37,8 @@ def previewer(trainer: Trainer[ScoreModel], pipe: Pipeline, dataset: Dataset, ou
         try:
             (out / "samples").mkdir(parents=True, exist_ok=True)
             save_loss_curve(trainer.losses, out / "loss.png")
+            if not every and step < trainer.config.steps:
+                return
             preview = Pipeline(pipe.process, trainer.ema_model(), pipe.sampler, (), pipe.shape)
             x = preview.sample(num, seed=trainer.config.seed, device=trainer.world.device).x.cpu()
             save_samples(dataset.to_raw(x), out / "samples" / f"step-{step:08d}.png", reference=reference,

@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -258,11 +258,13 @@ def summary_json(summary: Mapping[str, Any]) -> str:
 
 
 def run_training(setup: TrainingSetup, out: Path, *, resume: Path | None = None,
-                 checkpoint_every: int | None = None, preview: bool = True) -> dict[str, Any]:
+                 checkpoint_every: int | None = None,
+                 preview: Literal["last", "every", "none"] | bool = "last") -> dict[str, Any]:
     """Train ``setup`` to ``train.steps`` as ``diffcore train`` does: resume from ``resume`` (a run
     directory or checkpoint), checkpoint into ``out`` every ``checkpoint_every`` steps (default: a tenth
-    of the run) and at the end, with a loss curve and a picture of EMA samples at each checkpoint
-    unless ``preview`` is false, and a progress bar on the main process. Returns the summary
+    of the run) and at the end, with a loss curve at each checkpoint and a picture of EMA samples at
+    the last one (``preview="last"``, or ``True``), at each one (``"every"``) or neither (``"none"``,
+    or ``False``), and a progress bar on the main process. Returns the summary
     ``diffcore train`` prints (``out``, ``steps``, ``seconds``, ``first_loss``, ``final_loss``,
     ``skipped_steps``, ...; print it with :func:`summary_json`).
 
@@ -290,7 +292,9 @@ def run_training(setup: TrainingSetup, out: Path, *, resume: Path | None = None,
                 window = trainer.losses[-50:]
                 bar.set_postfix(loss=f"{sum(window) / len(window):.4g}")
 
-        on_save = previewer(trainer, setup.pipe, setup.dataset, out) if preview and setup.pipe is not None else None
+        mode = ("last" if preview else "none") if isinstance(preview, bool) else preview
+        on_save = (previewer(trainer, setup.pipe, setup.dataset, out, every=mode == "every")
+                   if mode != "none" and setup.pipe is not None else None)
         start = time.perf_counter()
         try:
             trainer.run(on_step=on_step, run_dir=out, checkpoint_every=checkpoint_every or max(1, steps // 10),
