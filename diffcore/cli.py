@@ -353,7 +353,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         cond = load_condition(pipe, args.num, label=args.label, labels=args.labels, mask=args.mask,
                               observed=args.observed)
         summary = sample_to_file(pipe, args.out, args.num, seed=args.seed, batch_size=args.batch_size,
-                                 latents=latents, t_start=args.t_start, scaling=scaling, world=world, cond=cond)
+                                 latents=latents, t_start=args.t_start, scaling=scaling, world=world, cond=cond,
+                                 progress=True)
     if summary is None:  # not the main process
         return 0
     if args.json:

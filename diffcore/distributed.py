@@ -29,6 +29,7 @@ from diffcore.errors import DiffcoreError, UsageError
 if TYPE_CHECKING:
     from diffcore.condition import Condition
     from diffcore.pipeline import Pipeline
+    from diffcore.sampler import Callback
 
 T = TypeVar("T")
 
@@ -174,14 +175,15 @@ def default_batch_size(num: int, shape: tuple[int, ...], world: World) -> int:
 
 def sample_chunks(pipe: Pipeline, num: int, *, seed: int, world: World, batch_size: int | None = None,
                   latents: torch.Tensor | None = None, t_start: float | None = None,
-                  cond: Condition | None = None) -> Iterator[tuple[int, torch.Tensor, int, int]]:
+                  cond: Condition | None = None,
+                  callback: Callback | None = None) -> Iterator[tuple[int, torch.Tensor, int, int]]:
     """Yield ``(first index, samples on CPU, NFE, forward passes per sample)`` per chunk of ``num``
     samples, on the main process (other ranks yield nothing).
 
     Chunk ``c`` (of ``batch_size``, default :func:`default_batch_size`) is drawn by rank ``c mod N`` and
     sent to rank 0; each chunk is computed exactly as a single process with the same ``batch_size``
     computes it. ``latents`` ``(num, *shape)`` (states at ``T``, or at ``t_start``) and ``cond`` (``num``
-    rows): sliced per chunk.
+    rows): sliced per chunk. ``callback`` sees every solver step of this rank's chunks.
     """
     batch = batch_size or default_batch_size(num, tuple(pipe.shape), world)
     for c, lo in enumerate(range(0, num, batch)):
@@ -189,7 +191,7 @@ def sample_chunks(pipe: Pipeline, num: int, *, seed: int, world: World, batch_si
         if owner == world.rank:
             _, result = next(pipe.iter_samples(hi - lo, seed=seed, start=lo, device=world.device,
                                                latents=latents[lo:hi] if latents is not None else None,
-                                               t_start=t_start,
+                                               t_start=t_start, callback=callback,
                                                cond=cond.rows(lo, hi) if cond is not None else None))
             x, nfe, passes = result.x.detach(), result.nfe, result.forward_passes or 0
             if not world.is_main:

@@ -13,6 +13,7 @@ import glob
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -140,7 +141,8 @@ def _check_space(out: Path, num: int, shape: tuple[int, ...]) -> None:
 def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_size: int | None = None,
                    latents: torch.Tensor | None = None, t_start: float | None = None,
                    scaling: tuple[float, float] | None = None, world: World | None = None,
-                   device: torch.device | str | None = None, cond: Condition | None = None) -> dict[str, Any] | None:
+                   device: torch.device | str | None = None, cond: Condition | None = None,
+                   progress: bool = False) -> dict[str, Any] | None:
     """Draw ``num`` samples of ``pipe`` into the ``.npy`` file ``out`` (float32, ``(num, *shape)``),
     conditioned on ``cond`` (``num`` rows; checked before anything is written), from the prior or from
     ``latents`` ``(num, *shape)`` at ``T`` (or at ``t_start``: partial-range sampling).
@@ -150,7 +152,8 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
     them to raw units (``x / mult + shift``). The file appears complete or not at all. Returns the summary that
     ``diffcore sample --json`` prints on the main process, ``None`` on the other ranks. ``world``
     (default: the current process group, if any) sets the device; without it, ``device`` (default: the
-    model's).
+    model's). ``progress``: a progress bar over the solver steps on stderr when it is a terminal (main
+    process).
     """
     if world is None:
         model_device = next((p.device for p in pipe.model.parameters()), torch.device("cpu"))
@@ -181,14 +184,18 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
     passes: list[int] = []
     try:
         array = on_main_rank(world, open_output, f"preparing --out {out}")
+        bar = _progress_bar(pipe, num, batch_size, world) if progress else None
         for lo, x, nfe, forward in sample_chunks(pipe, num, seed=seed, world=world, batch_size=batch_size,
-                                                 latents=latents, t_start=t_start, cond=cond):
+                                                 latents=latents, t_start=t_start, cond=cond,
+                                                 callback=(lambda _: bar.update(1)) if bar is not None else None):
             if array is not None:
                 if scaling is not None:
                     x = x / scaling[1] + scaling[0]
                 array[lo:lo + x.shape[0]] = x.numpy()
                 nfes.append(nfe)
                 passes.append(forward)
+        if bar is not None:
+            bar.close()
         if array is None:
             return None
         array.flush()
@@ -208,3 +215,17 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
         "processes": world.size, "range": "model" if scaling is None else "raw",
         "seconds": round(seconds, 4), "samples_per_second": round(num / seconds, 2),
     }
+
+
+def _progress_bar(pipe: Pipeline, num: int, batch_size: int | None, world: World) -> Any:
+    """A tqdm bar over the solver steps of the main process's chunks, when stderr is a terminal; its
+    total is known for samplers with ``steps`` (adaptive ones count as they go)."""
+    if not world.is_main or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    batch = batch_size or default_batch_size(num, tuple(pipe.shape), world)
+    mine = len(range(0, num, batch)[world.rank::world.size])
+    steps = getattr(pipe.sampler.params, "steps", None)
+    total = mine * steps if isinstance(steps, int) else None
+    return tqdm(total=total, desc="sample", unit="step", file=sys.stderr, dynamic_ncols=True)

@@ -356,3 +356,12 @@ def test_previews_are_drawn_at_the_last_checkpoint_unless_asked(tmp_path: Path, 
     assert main(["train", str(spec), "--out", str(run), "--device", "cpu", "--checkpoint-every", "5", *option]) == 0
     assert len(list((run / "samples").glob("step-*.png"))) == images
     assert (run / "loss.png").is_file() == (images > 0)
+
+
+def test_sample_shows_progress_on_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = cli(capsys, "sample", str(EXAMPLE), "--num", "30", "--steps", "7", "--batch-size", "10",
+                       "--out", str(tmp_path / "x.npy"), "--device", "cpu")
+    assert code == 0
+    assert "sample: 100%" in err and "21/21" in err  # 3 chunks of 7 steps
