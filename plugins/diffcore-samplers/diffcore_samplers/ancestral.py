@@ -44,9 +44,11 @@ class AncestralParams(GridParams):
 
 
 class Ancestral(Sampler):
-    """Ancestral sampling (DDPM, seed 003): ``x_s ~ q(x_s | x_t, x0_hat)`` between consecutive grid
-    times ``t > s``, with ``x0_hat`` the Tweedie estimate from the score; see the module docstring
-    for the general-process form of eqs. 20.16-20.17.
+    """Ancestral sampling (DDPM, Ho et al. 2020, Sec. 3.2): ``x_s ~ q(x_s | x_t, x0_hat)`` between
+    consecutive grid times ``t > s``, with ``x0_hat`` the Tweedie estimate from the score, for any
+    linear-Gaussian process.
+
+    The module docstring gives the general-process form of the posterior (seed 003, eqs. 20.16-20.17).
 
     On VE this is Song et al. (2021)'s ancestral sampler for SMLD, ``x + (sigma_t^2 - sigma_s^2) s +
     sqrt(sigma_s^2 (sigma_t^2 - sigma_s^2) / sigma_t^2) z``; on VP the DDPM update with ``beta =

@@ -99,8 +99,11 @@ class AnnealedLangevinParams(Params):
 
 
 class AnnealedLangevin(Sampler):
-    """Annealed Langevin dynamics (NCSN; seed 002, section 4.4) on the levels ``sigma(t_i) / alpha(t_i)`` of a
-    grid of ``levels`` times from ``T`` to ``t_min`` (module docstring). Needs a linear-Gaussian process.
+    """Annealed Langevin dynamics (NCSN, Song & Ermon 2019, Algorithm 1) on the noise levels
+    ``sigma(t_i) / alpha(t_i)`` of a grid of ``levels`` times from ``T`` to ``t_min``. Needs a
+    linear-Gaussian process.
+
+    The module docstring derives it (seed 002, section 4.4).
 
     The step ``h_i = eps sigma_i^2 / sigma_L^2`` keeps ``h_i / sigma_i^2`` fixed (``step_ratio``, 0.05 by
     default, unless ``step_size`` gives ``eps``). ``NFE = levels * steps_per_level``; callbacks see one step
