@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 import threading
 import traceback
 from collections.abc import Sequence
@@ -132,6 +133,53 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}; see `{self.prog} --help`")
 
 
+_COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "plugins": ("Installed plugins (entry points of the group diffcore.plugins), the components and commands "
+                "each registered, and every plugin that failed to load, with why.",
+                ("diffcore plugins", "diffcore plugins --json")),
+    "list": ("Registered components of one kind, or of all: what each does, the capabilities it declares or "
+             "requires, and its parameters with their defaults.",
+             ("diffcore list sampler", "diffcore list guidance --json")),
+    "schema": ("The JSON Schema of pipeline and classifier specs, built from the registered components "
+               "(third-party ones included), for editors and validators.",
+               ("diffcore schema --out spec.schema.json",)),
+    "validate": ("Check a spec: every field, every component's parameters, and that the components fit "
+                 "together; an error names the field and the fix.",
+                 ("diffcore validate examples/gmm2d.yaml",
+                  "diffcore validate examples/train_digits.yaml --set sampler.steps=100")),
+    "train": ("Train the spec's model (or classifier) on its data with its objective: atomic safetensors "
+              "checkpoints with EMA weights, a loss curve and a sample preview in the run directory; "
+              "resumable; under torchrun, DistributedDataParallel.",
+              ("diffcore train examples/train_moons.yaml --out runs/moons",
+               "diffcore train examples/train_digits.yaml --out runs/digits --threads 1",
+               "diffcore train runs/moons --resume runs/moons")),
+    "sample": ("Draw samples from a spec or a trained run into a .npy file; sample i depends only on (seed, i). "
+               "Any sampler, guidance and condition; under torchrun the ranks share the chunks.",
+               ("diffcore sample examples/gmm2d.yaml --num 1000 --out x.npy",
+                "diffcore sample runs/digits --num 64 --sampler ddim --steps 100 --out digits.npy",
+                "diffcore sample runs/digits-cfg --num 100 --label 3 --set guidance.0.scale=1 --out threes.npy")),
+    "likelihood": ("Exact log-likelihood by the probability-flow ODE and the instantaneous change of variables "
+                   "(Song et al. 2021, Sec. 4.3), in the data's raw units; discrete data (a data set with a bin "
+                   "width, e.g. digits) are dequantised and also reported in bits per dimension. Options come from "
+                   "the spec's `likelihood` section or --set.",
+                   ("diffcore likelihood examples/gmm2d.yaml --data x.npy --out ll.npy --json",
+                    "diffcore likelihood runs/digits --data heldout.npy --set likelihood.trace=hutchinson "
+                    "--set likelihood.probes=4")),
+}
+"""Each built-in command's description and examples, for its ``--help``."""
+
+
+def _command(sub: Any, name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand's parser with its one-line ``help``, and the description and examples of
+    :data:`_COMMANDS` in its own ``--help``."""
+    description, examples = _COMMANDS.get(name, (None, ()))
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, description=textwrap.fill(description, 100) if description else None, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the built-in commands and of every command plugin (whose load results are the
     ``command_plugins`` default, for ``diffcore plugins``)."""
@@ -144,25 +192,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffcore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("plugins", help="installed plugins, their components and commands, and load errors")
+    p = _command(sub, "plugins", help="installed plugins, their components and commands, and load errors")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("list", help="registered components with capabilities and parameter defaults")
+    p = _command(sub, "list", help="registered components with capabilities and parameter defaults")
     p.add_argument("kind", nargs="?", help="process, model, objective, sampler, guidance, dataset or classifier")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("schema", help="JSON Schema of the pipeline spec (for editors and validators)")
+    p = _command(sub, "schema", help="JSON Schema of the pipeline spec (for editors and validators)")
     p.add_argument("--out", type=Path, help="write to this file instead of stdout")
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("validate", help="check a spec and that its components fit together")
-    p.add_argument("spec", type=Path)
+    p = _command(sub, "validate", help="check a spec and that its components fit together")
+    p.add_argument("spec", type=Path, help="a spec file (YAML or JSON)")
     _add_set(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("train", help="train the spec's model on its data with its objective")
+    p = _command(sub, "train", help="train the spec's model on its data with its objective")
     p.add_argument("spec", type=Path, help="a spec file, or a run directory / checkpoint (its saved spec); with "
                    "--resume, the run's own spec or the run directory itself")
     p.add_argument("--out", type=Path, help="run directory for checkpoints, locked while training (default: "
@@ -182,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="draw samples from a spec or a trained checkpoint into a .npy file")
+    p = _command(sub, "sample", help="draw samples from a spec or a trained checkpoint into a .npy file")
     p.add_argument("spec", type=Path, help="a spec file, or a run directory / checkpoint of `diffcore train`")
     p.add_argument("--num", "--num-samples", dest="num", type=bounded_int(1, MAX_SAMPLES), required=True,
                    help="number of samples (spell it --num-samples after torchrun, whose own --numa-binding "
@@ -214,14 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("likelihood", help="log-likelihood of data under a spec's or a trained checkpoint's model "
-                       "(probability-flow ODE; bits per dimension for discrete data)",
-                       description="Exact log-likelihood by the probability-flow ODE and the instantaneous change of "
-                       "variables (Song et al. 2021, Sec. 4.3), in the data's raw units; discrete data (a data set "
-                       "with a bin width, e.g. digits) are dequantised and also reported in bits per dimension. "
-                       "Options come from the spec's `likelihood` section or --set, e.g. --set "
-                       "likelihood.trace=hutchinson --set likelihood.probes=4. Example: diffcore likelihood "
-                       "runs/digits --data heldout.npy --out ll.npy --json")
+    p = _command(sub, "likelihood", help="log-likelihood of data under a spec's or a trained checkpoint's model "
+                 "(probability-flow ODE; bits per dimension for discrete data)")
     p.add_argument("spec", type=Path, help="a spec file, or a run directory / checkpoint of `diffcore train`")
     p.add_argument("--data", type=Path, required=True, help=".npy of shape (n, *shape): the data, in raw units (the "
                    "units of the data set and of `diffcore sample`'s output)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import pickle
@@ -365,3 +366,17 @@ def test_sample_shows_progress_on_a_terminal(tmp_path: Path, capsys: pytest.Capt
                        "--out", str(tmp_path / "x.npy"), "--device", "cpu")
     assert code == 0
     assert "sample: 100%" in err and "21/21" in err  # 3 chunks of 7 steps
+
+
+def test_every_command_and_option_is_described() -> None:
+    """``--help`` teaches: every built-in command has a description and examples, every option a line."""
+    from diffcore.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("plugins", "list", "schema", "validate", "train", "sample", "likelihood"):
+        command = sub.choices[name]
+        assert command.description and command.epilog and f"diffcore {name}" in command.epilog, name
+        for action in command._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} {action.option_strings or action.dest}"
