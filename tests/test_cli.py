@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -82,6 +83,28 @@ def test_list_shows_capabilities_and_defaults(capsys: pytest.CaptureFixture[str]
     assert code == 0 and "sampler euler_maruyama" in out and "steps: int, default 1000" in out
     code, _, err = cli(capsys, "list", "samplers")
     assert code == 2 and "did you mean 'sampler'" in err
+
+
+def test_list_speaks_to_users(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each built-in component is summarised in user terms with a citation where it has one, its
+    parameter types read plainly, and a requirement names the installed processes that meet it."""
+    code, out, _ = cli(capsys, "list", "--json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) >= 35
+    for row in rows:
+        assert row["summary"] and "docstring" not in row["summary"] and "seed" not in row["summary"].lower(), row
+        assert not re.search(r"\bsection\b|\(\d+\.\d+\)", row["summary"]), row  # no course-note pointers
+        for p in row["params"].values():
+            assert "Annotated" not in p["type"] and "FieldInfo" not in p["type"] and p["type"] != "Optional", row
+        if row["requires"] == ["linear_gaussian"]:
+            assert set(row["processes"]) >= {"ve", "vp", "subvp"}, row
+    by_name = {(r["kind"], r["name"]): r for r in rows}
+    for kind, name in [("sampler", "ddim"), ("sampler", "heun"), ("process", "vp"), ("guidance", "cfg"),
+                       ("objective", "dsm"), ("sampler", "unipc")]:
+        assert re.search(r"et al\.|& \w+ 20\d\d", by_name[kind, name]["summary"]), (kind, name)
+    assert by_name["model", "gmm"]["params"]["labels"]["type"] == "list of int or none"
+    code, out, _ = cli(capsys, "list", "sampler")
+    assert "[requires: linear_gaussian; works with: subvp, ve, vp]" in out
 
 
 def test_schema_validates_the_examples_with_jsonschema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -63,7 +63,10 @@ def parameter_count(p: MLPParams) -> int:
 
 
 class MLP(ScoreModel):
-    """``x`` ``(B, *shape)`` is flattened, concatenated with the embedding of ``t`` (plus the class
+    """A multilayer-perceptron score network for low-dimensional vector data (2-D toys, tabular data), conditioned on
+    time and optionally on a class.
+
+    ``x`` ``(B, *shape)`` is flattened, concatenated with the embedding of ``t`` (plus the class
     embedding when ``num_classes`` is set) and mapped through ``depth`` SiLU layers back to
     ``(B, *shape)``."""
 
@@ -108,7 +111,10 @@ def classifier_parameter_count(p: MLPClassifierParams) -> int:
 
 
 class MLPClassifier(NoiseClassifier):
-    """A noise-conditional classifier ``p_t(y | x_t)`` for vector data (Song et al. 2021, Sec. 5 and
+    """A noise-conditional classifier for vector data, trained by ``diffcore train`` on noised data, for classifier
+    guidance (Song et al. 2021; Dhariwal & Nichol 2021).
+
+    A noise-conditional classifier ``p_t(y | x_t)`` for vector data (Song et al. 2021, Sec. 5 and
     Appendix I.4, train one on perturbed data for class-conditional sampling; Dhariwal & Nichol 2021,
     Sec. 4, guide with its gradient).
 

@@ -74,7 +74,10 @@ class ResidualBlock(nn.Module):
 
 
 class ResMLP(ScoreModel):
-    """``x`` ``(B, *shape)`` is flattened, lifted to ``hidden``, passed through ``blocks``
+    """A residual MLP score network with time-modulated blocks, for vector data where a plain MLP is too shallow;
+    conditioned on time and optionally on a class.
+
+    ``x`` ``(B, *shape)`` is flattened, lifted to ``hidden``, passed through ``blocks``
     time-modulated residual blocks and projected back to ``(B, *shape)``."""
 
     name = "resmlp"

@@ -320,7 +320,10 @@ def _as_image(x: Tensor, image_shape: tuple[int, int, int], what: str) -> Tensor
 
 
 class UNet(ScoreModel):
-    """A small U-Net for images ``(B, in_channels, image_size, image_size)``; see the module docstring.
+    """A U-Net score network for small images (8x8 to 32x32), in the style of DDPM and NCSN++ (Ho et al. 2020; Song et
+    al. 2021), conditioned on time and optionally on a class.
+
+    A small U-Net for images ``(B, in_channels, image_size, image_size)``; see the module docstring.
 
     ``cond`` (when ``num_classes`` is set) holds integer labels in ``[0, num_classes]``; the label
     ``num_classes`` (:attr:`null_label`) means "no condition" and ``cond=None`` means all null, for
@@ -408,7 +411,10 @@ def classifier_parameter_count(p: UNetClassifierParams) -> int:
 
 
 class UNetClassifier(NoiseClassifier):
-    """A noise-conditional image classifier ``p_t(y | x_t)``: the downsampling half of :class:`UNet`
+    """A noise-conditional image classifier (the downsampling half of the U-Net), trained by ``diffcore train`` on
+    noised data, for classifier guidance (Dhariwal & Nichol 2021).
+
+    A noise-conditional image classifier ``p_t(y | x_t)``: the downsampling half of :class:`UNet`
     with a pooled linear head, as the classifiers of Dhariwal & Nichol (2021, Sec. 4 and Appendix;
     the "downsampling trunk of the UNet") used for classifier guidance, trained on perturbed data as
     in Song et al. (2021, Sec. 5 and Appendix I.4).

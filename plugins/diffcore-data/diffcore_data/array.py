@@ -34,7 +34,9 @@ class ArrayParams(DataParams):
 
 
 class ArrayDataset(CachedDataset):
-    """Data ``(N, *event)`` as stored (a 1-D array is ``N`` scalars: ``(N, 1)``), converted to float32;
+    """Your own data from a ``.npy`` file (any shape), with optional labels.
+
+    Data ``(N, *event)`` as stored (a 1-D array is ``N`` scalars: ``(N, 1)``), converted to float32;
     optional labels ``(N,)`` int64."""
 
     name = "array"

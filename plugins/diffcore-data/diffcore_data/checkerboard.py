@@ -19,7 +19,9 @@ def black_squares() -> Tensor:
 
 
 class Checkerboard(CachedDataset):
-    """A black square chosen uniformly, then a uniform point in it. No labels."""
+    """2-D toy data: points uniform on the black squares of a 4x4 checkerboard (FFJORD, Grathwohl et al. 2019).
+
+    A black square chosen uniformly, then a uniform point in it. No labels."""
 
     name = "checkerboard"
     Params = CheckerboardParams

@@ -18,7 +18,10 @@ class DigitsParams(DataParams):
 
 
 class Digits(CachedDataset):
-    """Data ``(1797, 1, 8, 8)`` float32 with the raw integer grey levels ``0..16``; labels ``0..9``.
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, grey levels 0 to 16, labels 0 to 9): a small image
+    data set, discrete, so likelihoods come in bits per dimension.
+
+    Data ``(1797, 1, 8, 8)`` float32 with the raw integer grey levels ``0..16``; labels ``0..9``.
     Discrete: ``bin_width = 1`` (in raw units), so ``dequantize: true`` works."""
 
     name = "digits"

@@ -32,7 +32,9 @@ class GMMSamplesParams(GMMParams, DataParams):
 
 
 class GMMSamples(CachedDataset):
-    """``num`` draws of ``sum_k w_k N(mu_k, diag(v_k))`` (weights normalised), data ``(num, D)``,
+    """Draws from a Gaussian mixture you specify, labelled by component: training data whose exact score is known.
+
+    ``num`` draws of ``sum_k w_k N(mu_k, diag(v_k))`` (weights normalised), data ``(num, D)``,
     labels the component each draw came from."""
 
     name = "gmm_samples"

@@ -19,7 +19,9 @@ class MoonsParams(SyntheticParams):
 
 
 class Moons(CachedDataset):
-    """Moon 0 (label 0): ``(cos t, sin t)``, centre ``(0, 0)``; moon 1 (label 1): ``(1 - cos t,
+    """2-D toy data: two interleaving half circles, labelled by moon.
+
+    Moon 0 (label 0): ``(cos t, sin t)``, centre ``(0, 0)``; moon 1 (label 1): ``(1 - cos t,
     0.5 - sin t)``, centre ``(1, 0.5)``; ``t ~ U(0, pi)``, both of radius 1, plus isotropic noise.
     Rows come in a random (seeded) order."""
 

@@ -21,7 +21,9 @@ class RingsParams(SyntheticParams):
 
 
 class Rings(CachedDataset):
-    """Ring ``k`` (label ``k``): radius ``(k + 1) / num_rings``, uniform angle, plus isotropic noise.
+    """2-D toy data: concentric noisy rings, labelled by ring.
+
+    Ring ``k`` (label ``k``): radius ``(k + 1) / num_rings``, uniform angle, plus isotropic noise.
     Rows come in a random (seeded) order."""
 
     name = "rings"

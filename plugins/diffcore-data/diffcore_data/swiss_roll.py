@@ -17,7 +17,9 @@ class SwissRollParams(SyntheticParams):
 
 
 class SwissRoll(CachedDataset):
-    """``(t cos t, t sin t)`` with ``t ~ U(1.5 pi, 4.5 pi)`` plus isotropic noise (raw scale: points
+    """2-D toy data: the swiss-roll spiral (no labels).
+
+    ``(t cos t, t sin t)`` with ``t ~ U(1.5 pi, 4.5 pi)`` plus isotropic noise (raw scale: points
     lie within radius ``4.5 pi ~ 14.1``; use ``scale`` for the model's range). No labels."""
 
     name = "swiss_roll"

@@ -28,7 +28,10 @@ class CFGParams(IntervalParams):
 
 
 class ClassifierFree(Guidance):
-    """Classifier-free guidance (Ho & Salimans 2022, eq. 6, in score form) with the guidance weight
+    """Classifier-free guidance (Ho & Salimans 2022): push the score of a model trained with label dropout from
+    unconditional towards class-conditional; ``scale`` trades diversity for fidelity.
+
+    Classifier-free guidance (Ho & Salimans 2022, eq. 6, in score form) with the guidance weight
     ``w = scale``, the conditional and unconditional scores from one batched forward pass.
 
     ::

@@ -44,7 +44,10 @@ class ClassifierGuidanceParams(IntervalParams):
 
 
 class ClassifierGuidance(Guidance):
-    """Classifier guidance: ``s(x, t) + scale * grad_x log p_t(y | x)`` with a noise-conditional
+    """Classifier guidance (Song et al. 2021; Dhariwal & Nichol 2021): add the gradient of a noise-conditional
+    classifier's log-probability of the wanted class.
+
+    Classifier guidance: ``s(x, t) + scale * grad_x log p_t(y | x)`` with a noise-conditional
     classifier ``p_t(y | x_t)`` (a registered ``classifier`` component, trained on perturbed data by
     ``diffcore train``). By Bayes' rule ``grad log p_t(x | y) = grad log p_t(x) + grad log p_t(y | x)``,
     so at ``scale = 1`` with an exact classifier over an exact unconditional score this is the exact

@@ -33,7 +33,11 @@ class DPSParams(IntervalParams):
 
 
 class PosteriorSampling(Guidance):
-    """Diffusion posterior sampling (DPS, Chung et al. 2023) for a linear measurement
+    """Diffusion posterior sampling (Chung et al. 2023): solve a noisy linear inverse problem ``y = A x + n``
+    (inpainting with a mask, or any matrix ``A``) by the gradient of the measurement's likelihood at the denoised
+    estimate.
+
+    Diffusion posterior sampling (DPS, Chung et al. 2023) for a linear measurement
     ``y = A x_0 + n``, ``n ~ N(0, noise_std^2 I)``, with ``A`` a mask or a matrix.
 
     In score form (Sec. 3.2, eq. 16 and Algorithm 1)::

@@ -15,7 +15,10 @@ from diffcore.utils import bcast
 
 
 class Inpainting(Guidance):
-    """Fill in the unobserved coordinates of ``x`` given observed values ``y`` on a mask ``Omega``:
+    """Inpainting by replacement (Song et al. 2021, Sec. 5): observed values are kept exactly and the rest is filled in
+    consistently with them.
+
+    Fill in the unobserved coordinates of ``x`` given observed values ``y`` on a mask ``Omega``:
     the replacement method of Song et al. (2021, Sec. 5, Appendix I.2), written as a score so that
     every sampler runs it.
 

@@ -76,7 +76,10 @@ class GMMParams(Params):
 
 
 class GaussianMixture(ScoreModel):
-    """Analytic Gaussian mixture with diagonal covariances; output kind ``score``.
+    """The exact score of a Gaussian mixture under any linear-Gaussian process: ground truth for testing samplers,
+    objectives and likelihoods; with ``labels``, a class-conditional mixture for guidance.
+
+    Analytic Gaussian mixture with diagonal covariances; output kind ``score``.
 
     Buffers: ``log_weights`` ``(K,)``, ``means`` ``(K, D)``, ``variances`` ``(K, D)``. Data of any
     shape whose elements number ``D`` is accepted (flattened with einops).
@@ -197,7 +200,9 @@ class GMMClassifierParams(GMMParams):
 
 
 class GaussianMixtureClassifier(NoiseClassifier):
-    """The exact noise-conditional classifier of a labelled Gaussian mixture: the class posterior
+    """The exact noise-conditional classifier of a labelled ``gmm`` model: ground truth for classifier guidance.
+
+    The exact noise-conditional classifier of a labelled Gaussian mixture: the class posterior
     ``p_t(y | x) = sum_{k of class y} r_k(x)`` of the perturbed mixture.
 
     Logits ``log p_t(y | x)`` ``(B, C)`` with the responsibilities ``r_k`` of the module docstring.

@@ -26,7 +26,10 @@ class DSMParams(Params):
 
 
 class DenoisingScoreMatching(Objective):
-    """``E_t E_{x0, eps} lambda(t) || s(x_t, t) + eps / sigma(t) ||^2`` with ``x_t = alpha x0 + sigma eps``
+    """Denoising score matching (Vincent 2011; Song et al. 2021): regress the score on the noise added to the training
+    data. The standard objective; ``weighting: likelihood`` trains for likelihood (Song et al. 2021b).
+
+    ``E_t E_{x0, eps} lambda(t) || s(x_t, t) + eps / sigma(t) ||^2`` with ``x_t = alpha x0 + sigma eps``
     and ``t ~ U[t_min, T]``; its minimiser is ``grad log p_t``.
 
     With importance sampling, ``lambda = -2 d lambda/dt`` makes ``g^2 / p(t) = Z sigma^2`` with

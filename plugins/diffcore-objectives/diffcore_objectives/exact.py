@@ -13,7 +13,10 @@ from diffcore_objectives.common import score_on_noisy_data, sum_event
 
 
 class ExactScoreMatching(Objective):
-    """``E_t sigma(t)^2 E_{x_t} [ tr(d s / d x) + ||s||^2 / 2 ]`` on samples of ``p_t``, the trace
+    """Explicit score matching (Hyvarinen 2005) on noised data, with the score's Jacobian trace computed exactly; for
+    low-dimensional data only (one backward pass per dimension).
+
+    ``E_t sigma(t)^2 E_{x_t} [ tr(d s / d x) + ||s||^2 / 2 ]`` on samples of ``p_t``, the trace
     by one backward pass per data dimension: meant for low dimensions (D up to a few dozen)."""
 
     name = "exact_sm"

@@ -21,7 +21,10 @@ class NCSNParams(Params):
 
 
 class NCSNScoreMatching(Objective):
-    """``1/L sum_i sigma_i^2 E || s(x0 + sigma_i z, sigma_i) + z / sigma_i ||^2`` over a geometric
+    """Denoising score matching over a discrete ladder of noise levels (NCSN, Song & Ermon 2019), for models sampled by
+    annealed Langevin dynamics.
+
+    ``1/L sum_i sigma_i^2 E || s(x0 + sigma_i z, sigma_i) + z / sigma_i ||^2`` over a geometric
     ladder ``sigma_1 > ... > sigma_L``, one random level per sample.
 
     The ladder is the process's own: ``L`` times ``t_i`` evenly spaced in half log-SNR from

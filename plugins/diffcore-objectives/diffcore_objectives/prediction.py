@@ -22,7 +22,10 @@ class PredictionParams(Params):
 
 
 class PredictionLoss(Objective):
-    """``E_t E || pred(x_t, t) - target ||^2`` for ``target`` in eps (the DDPM simple loss), x0 or
+    """Regression on the noise (DDPM's simple loss, Ho et al. 2020), on the clean data, or on the velocity ``v``
+    (Salimans & Ho 2022), whatever the network itself predicts.
+
+    ``E_t E || pred(x_t, t) - target ||^2`` for ``target`` in eps (the DDPM simple loss), x0 or
     ``v = alpha eps - sigma x0``; the network's own output kind is converted to the target for any
     linear-Gaussian process. Minimisers: ``E[eps | x_t]``, ``E[x0 | x_t]``, ``E[v | x_t]``, each an
     affine function of the score."""

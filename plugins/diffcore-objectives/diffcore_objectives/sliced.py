@@ -24,7 +24,10 @@ class SSMParams(Params):
 
 
 class SlicedScoreMatching(Objective):
-    """``E_t sigma(t)^2 E_{x_t} E_v [ v^T (d s / d x) v + (v^T s)^2 / 2 ]`` (plain) or with
+    """Sliced score matching (Song et al. 2019): Hyvarinen's objective with random projections in place of the Jacobian
+    trace; needs no noise target and scales to high dimensions.
+
+    ``E_t sigma(t)^2 E_{x_t} E_v [ v^T (d s / d x) v + (v^T s)^2 / 2 ]`` (plain) or with
     ``||s||^2 / 2`` (variance-reduced), on samples ``x_t`` of ``p_t``. Needs no conditional score:
     its minimiser is ``grad log p_t`` itself (Hyvarinen's identity, sliced). One extra backward pass
     per projection."""

@@ -14,7 +14,10 @@ class SubVPParams(VPParams):
 
 
 class SubVPSDE(VPSDE):
-    """``dx = -beta(t) x / 2 dt + sqrt(beta(t) (1 - exp(-2 B(t)))) dw``.
+    """Sub-VP SDE (Song et al. 2021): VP's drift with less noise at every time (its variance is bounded by VP's), which
+    gives better likelihoods; the prior at ``T`` is a standard normal.
+
+    ``dx = -beta(t) x / 2 dt + sqrt(beta(t) (1 - exp(-2 B(t)))) dw``.
 
     Same ``alpha(t) = exp(-B/2)`` as VP, smaller noise: ``sigma(t) = 1 - exp(-B)`` (so
     ``sigma^2 <= 1 - alpha^2``, the variance of VP, at every ``t``).

@@ -12,7 +12,11 @@ from diffcore.process import LinearGaussianProcess, ProcessParams
 
 
 class VESDE(LinearGaussianProcess):
-    """``dx = sqrt(d sigma^2(t) / dt) dw`` with score_sde's geometric noise scale
+    """Variance-exploding SDE (Song et al. 2021), the continuous-time NCSN: noise of growing scale from ``sigma_min``
+    to ``sigma_max`` is added to unscaled data; the prior at ``T`` is a normal of standard deviation ``sigma_max``,
+    which must exceed the largest distance between data points.
+
+    ``dx = sqrt(d sigma^2(t) / dt) dw`` with score_sde's geometric noise scale
     ``s(t) = sigma_min (sigma_max / sigma_min)^t``, i.e. ``g(t) = s(t) sqrt(2 log(sigma_max/sigma_min))``.
 
     ``alpha(t) = 1``. ``sigma(t)`` is the *exact* std of this SDE started from the data at ``t = 0``:

@@ -21,7 +21,10 @@ class VPParams(ProcessParams):
 
 
 class VPSDE(LinearGaussianProcess):
-    """``dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw``, the continuous DDPM.
+    """Variance-preserving SDE (Song et al. 2021), the continuous-time DDPM: the data shrink towards zero while noise
+    grows, reaching a standard normal prior at ``T``. The usual choice for data scaled to about [-1, 1].
+
+    ``dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw``, the continuous DDPM.
 
     With ``B(t) = int_0^t beta = beta_min t + (beta_max - beta_min) t^2 / 2``:
     ``alpha(t) = exp(-B/2)``, ``sigma(t)^2 = 1 - exp(-B)`` (exact for data at ``t = 0``),

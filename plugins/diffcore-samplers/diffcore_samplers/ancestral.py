@@ -44,7 +44,10 @@ class AncestralParams(GridParams):
 
 
 class Ancestral(Sampler):
-    """Ancestral sampling (DDPM, Ho et al. 2020, Sec. 3.2): ``x_s ~ q(x_s | x_t, x0_hat)`` between
+    """DDPM's ancestral sampler (Ho et al. 2020): stochastic, one score evaluation per step; robust, but needs hundreds
+    of steps.
+
+    Ancestral sampling (DDPM, Ho et al. 2020, Sec. 3.2): ``x_s ~ q(x_s | x_t, x0_hat)`` between
     consecutive grid times ``t > s``, with ``x0_hat`` the Tweedie estimate from the score, for any
     linear-Gaussian process.
 

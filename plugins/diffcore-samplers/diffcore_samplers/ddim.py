@@ -29,7 +29,10 @@ class DDIMParams(ThresholdParams, GridParams):
 
 
 class DDIM(Sampler):
-    """DDIM (Song, Meng & Ermon 2021, eq. (12)) written for a general ``x_t = alpha_t x_0 + sigma_t z``.
+    """DDIM (Song, Meng & Ermon 2021): deterministic first-order steps of the probability-flow ODE; a sound default at
+    50 to 100 evaluations.
+
+    DDIM (Song, Meng & Ermon 2021, eq. (12)) written for a general ``x_t = alpha_t x_0 + sigma_t z``.
 
     From ``t`` to the next (less noisy) grid time ``t'``, with ``x0 = (x + sigma_t^2 s) / alpha_t``
     and ``eps = -sigma_t s`` from the score ``s(x, t)`` and ``z ~ N(0, I)``::

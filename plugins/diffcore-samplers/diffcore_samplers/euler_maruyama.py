@@ -20,7 +20,10 @@ class EulerMaruyamaParams(Params):
 
 
 class EulerMaruyama(Sampler):
-    """``x <- x - [f(x, t) - g(t)^2 s(x, t)] h + g(t) sqrt(h) z`` on a uniform grid from ``T`` to ``t_min``.
+    """Euler-Maruyama on the reverse-time SDE (Song et al. 2021): the simplest sampler, for any process; needs hundreds
+    to a thousand steps.
+
+    ``x <- x - [f(x, t) - g(t)^2 s(x, t)] h + g(t) sqrt(h) z`` on a uniform grid from ``T`` to ``t_min``.
 
     Works for any process (it only needs ``f``, ``g`` and the score). One score evaluation per step;
     strong order 1/2, weak order 1. With ``denoise_last`` the final step adds no noise (score_sde's

@@ -78,7 +78,10 @@ class HeunParams(ThresholdParams, GridParams):
 
 
 class Heun(Sampler):
-    """EDM's Heun sampler (Karras et al. 2022, Algorithm 2) for any linear-Gaussian process.
+    """EDM's second-order Heun sampler (Karras et al. 2022) on the Karras noise grid, optionally with stochastic churn;
+    two evaluations per step.
+
+    EDM's Heun sampler (Karras et al. 2022, Algorithm 2) for any linear-Gaussian process.
 
     On the noise levels ``s_0 = s(T) > ... > s_N = s(t_min)`` of the grid (default ``karras``,
     EDM eq. 5), with the scaled state ``y = x / alpha`` and ``d(y, t) = -sigma_t score(alpha_t y, t)``

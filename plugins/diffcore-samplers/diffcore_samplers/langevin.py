@@ -55,7 +55,10 @@ class LangevinParams(Params):
 
 
 class Langevin(Sampler):
-    """Plain Langevin dynamics at ``t_min`` from the pipeline's ``x_T`` (module docstring): works for any
+    """Plain (unadjusted) Langevin dynamics at the smallest noise level, for comparison: on multimodal data its mode
+    weights depend on where it starts (Song & Ermon 2019, Sec. 3); prefer a diffusion sampler.
+
+    Plain Langevin dynamics at ``t_min`` from the pipeline's ``x_T`` (module docstring): works for any
     process. ``NFE = iterations``; noise of iteration ``k``: ``noise.normal(event, step=k)``; ``x_T``
     ``(B, *event)``. Not a diffusion sampler: on multimodal data its mode weights depend on the start.
     """
@@ -99,7 +102,10 @@ class AnnealedLangevinParams(Params):
 
 
 class AnnealedLangevin(Sampler):
-    """Annealed Langevin dynamics (NCSN, Song & Ermon 2019, Algorithm 1) on the noise levels
+    """Annealed Langevin dynamics (NCSN, Song & Ermon 2019): Langevin steps at a decreasing ladder of noise levels, for
+    models trained with the ``ncsn`` objective; costs ``levels x steps_per_level`` evaluations.
+
+    Annealed Langevin dynamics (NCSN, Song & Ermon 2019, Algorithm 1) on the noise levels
     ``sigma(t_i) / alpha(t_i)`` of a grid of ``levels`` times from ``T`` to ``t_min``. Needs a
     linear-Gaussian process.
 

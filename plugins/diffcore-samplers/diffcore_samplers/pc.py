@@ -66,7 +66,10 @@ class PCParams(GridParams):
 
 
 class PC(Sampler):
-    """Predictor-corrector sampler: any predictor followed by an optional Langevin corrector at every
+    """Predictor-corrector sampling (Song et al. 2021, Sec. 4.2): a reverse-SDE predictor step then Langevin corrector
+    steps at each time; score_sde's sampler for VE models.
+
+    Predictor-corrector sampler: any predictor followed by an optional Langevin corrector at every
     grid time (module docstring). Defaults follow score_sde's VE setting: ``reverse_diffusion`` +
     ``langevin``, ``snr = 0.16``, one corrector step.
 

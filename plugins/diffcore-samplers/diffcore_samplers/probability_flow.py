@@ -22,7 +22,10 @@ class ProbabilityFlowParams(SolverParams):
 
 
 class ProbabilityFlow(Sampler):
-    """Solve the probability-flow ODE with torchdiffeq (any method; adaptive ``dopri5`` by default).
+    """The probability-flow ODE (Song et al. 2021) solved by torchdiffeq: deterministic, adaptive step size
+    (``dopri5``) by default; the same ODE gives exact likelihoods and encodings.
+
+    Solve the probability-flow ODE with torchdiffeq (any method; adaptive ``dopri5`` by default).
 
     Adaptive methods pick one step size for the whole batch, so results depend on the batch
     composition within the solver tolerance; fixed-step methods give the same samples whatever the

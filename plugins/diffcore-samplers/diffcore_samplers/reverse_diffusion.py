@@ -44,7 +44,10 @@ class ReverseDiffusionParams(GridParams):
 
 
 class ReverseDiffusion(Sampler):
-    """The reverse-diffusion predictor run on its own: ``x <- x - f + G^2 s(x, t) + G z`` between
+    """Reverse diffusion (Song et al. 2021, Sec. 4.2): the reverse SDE discretised with the forward process's own
+    discrete steps; for any process.
+
+    The reverse-diffusion predictor run on its own: ``x <- x - f + G^2 s(x, t) + G z`` between
     consecutive grid times, with ``f`` and ``G`` of the forward process's own discretisation (module
     docstring). Works for any process. ``NFE = steps``; noise of step ``i``:
     ``noise.normal(event, step=i)``; ``x_T`` ``(B, *event)``.

@@ -70,7 +70,10 @@ class ReverseSDEParams(GridParams):
 
 
 class ReverseSDE(Sampler):
-    """Solve the reverse-time SDE with ``torchsde.sdeint`` (any process: only ``f``, ``g``, the score).
+    """The reverse-time SDE (Song et al. 2021) solved by torchsde: Euler-Maruyama, Milstein, stochastic Runge-Kutta or
+    adaptive steps; for any process.
+
+    Solve the reverse-time SDE with ``torchsde.sdeint`` (any process: only ``f``, ``g``, the score).
 
     Methods (strong orders for the additive noise here, torchsde's): ``euler`` (1.0),
     ``milstein`` (1.0; its correction term vanishes for additive noise, so it takes the same steps as

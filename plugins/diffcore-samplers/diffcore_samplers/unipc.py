@@ -45,7 +45,10 @@ class UniPCParams(ThresholdParams, GridParams):
 
 
 class UniPC(Sampler):
-    """UniPC (Zhao et al. 2023) in data prediction: UniP-p predictor, UniC-p corrector, ``p = order``.
+    """UniPC (Zhao et al. 2023): a predictor-corrector ODE solver on the data prediction, strongest at very few (5 to
+    10) evaluations.
+
+    UniPC (Zhao et al. 2023) in data prediction: UniP-p predictor, UniC-p corrector, ``p = order``.
 
     With ``h = lambda_t - lambda_s``, data predictions ``m_j = x0_hat`` at the grid points and
     ``r_j = (lambda_j - lambda_s) / h``, ``D_j = m_j - m_s``, both the predictor and the corrector are
