@@ -35,7 +35,6 @@ only on the seed and the row index), so the result equals the single-process one
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ from diffcore.likelihood import LikelihoodConfig, LikelihoodResult, log_likeliho
 from diffcore.model import score_function
 from diffcore.noise import NoiseSource
 from diffcore.pipeline import Pipeline
-from diffcore.utils import atomic_write
+from diffcore.utils import atomic_write, progress_bar
 
 if TYPE_CHECKING:
     from diffcore.spec import PipelineSpecBase
@@ -169,7 +168,8 @@ def data_log_likelihood(pipe: Pipeline, x: Tensor, *, config: LikelihoodConfig |
     spread = torch.zeros(n, dtype=torch.float64, device=device)  # sum of squared deviations over draws x probes
     counts = torch.zeros(2, dtype=torch.int64, device=device)  # most NFE of one solve, solves
     mine = list(_chunks(n, batch, world))
-    bar = _progress(len(mine) * draws, enabled=progress and world.is_main)
+    todo = len(mine) * draws
+    bar = progress_bar(todo, "likelihood", "solve", enabled=progress and world.is_main and todo > 1)
     began = time.perf_counter()
     for lo, hi in mine:
         rows = x[lo:hi].to(device=device, dtype=torch.float64)
@@ -236,14 +236,6 @@ def _check_data(pipe: Pipeline, x: Tensor, labels: Tensor | None) -> None:
             raise UsageError(f"labels were given but model {pipe.model.name!r} is not class-conditional; drop them")
         if tuple(labels.shape) != (x.shape[0],):
             raise UsageError(f"labels have shape {tuple(labels.shape)}; give one label per data row, ({x.shape[0]},)")
-
-
-def _progress(total: int, *, enabled: bool) -> Any:
-    if not enabled or total <= 1 or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="likelihood", unit="solve", file=sys.stderr)
 
 
 def load_data(data: Path, labels: Path | None = None) -> tuple[Tensor, Tensor | None]:

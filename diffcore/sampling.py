@@ -13,7 +13,6 @@ import glob
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ from diffcore.partial import check_start_time
 from diffcore.pipeline import Pipeline
 from diffcore.spec import PipelineSpecBase, apply_overrides, validate_spec
 from diffcore.training.checkpoint import load_ema_weights, saved_spec_source, spec_or_checkpoint
-from diffcore.utils import fsync_dir
+from diffcore.utils import fsync_dir, progress_bar
 
 
 def load_for_sampling(path: Path, *, sampler: str | None = None, steps: int | None = None,
@@ -220,12 +219,8 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
 def _progress_bar(pipe: Pipeline, num: int, batch_size: int | None, world: World) -> Any:
     """A tqdm bar over the solver steps of the main process's chunks, when stderr is a terminal; its
     total is known for samplers with ``steps`` (adaptive ones count as they go)."""
-    if not world.is_main or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
     batch = batch_size or default_batch_size(num, tuple(pipe.shape), world)
     mine = len(range(0, num, batch)[world.rank::world.size])
     steps = getattr(pipe.sampler.params, "steps", None)
     total = mine * steps if isinstance(steps, int) else None
-    return tqdm(total=total, desc="sample", unit="step", file=sys.stderr, dynamic_ncols=True)
+    return progress_bar(total, "sample", "step", enabled=world.is_main)

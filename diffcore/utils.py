@@ -1,12 +1,14 @@
-"""Small helpers shared by core and plugins: per-sample broadcasting and the one atomic file writer."""
+"""Small helpers shared by core and plugins: per-sample broadcasting, the one atomic file writer and the
+one progress bar."""
 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -57,3 +59,14 @@ def fsync_dir(path: str | Path) -> None:
         pass  # some file systems cannot sync a directory; the rename itself is still atomic
     finally:
         os.close(fd)
+
+
+def progress_bar(total: int | None, desc: str, unit: str, *, enabled: bool = True, initial: int = 0) -> Any:
+    """The one progress bar of the command line: a tqdm bar on stderr, or ``None`` when ``enabled`` is
+    false (e.g. not the main process) or stderr is not a terminal, so logs and pipes stay clean.
+    ``total`` ``None``: the bar counts without a total (adaptive solvers)."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)

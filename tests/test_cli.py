@@ -391,6 +391,19 @@ def test_sample_shows_progress_on_a_terminal(tmp_path: Path, capsys: pytest.Capt
     assert "sample: 100%" in err and "21/21" in err  # 3 chunks of 7 steps
 
 
+def test_likelihood_shows_progress_on_a_terminal_only(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).normal(size=(12, 2)).astype(np.float32))
+    args = ("likelihood", str(EXAMPLE), "--data", str(data), "--batch-size", "4", "--device", "cpu",
+            "--set", "likelihood.rtol=1e-3", "--set", "likelihood.atol=1e-3")
+    code, _, err = cli(capsys, *args)
+    assert code == 0 and "likelihood:" not in err  # not a terminal: nothing on stderr
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = cli(capsys, *args)
+    assert code == 0 and "likelihood: 100%" in err and "3/3" in err  # 3 chunks of 4 rows
+
+
 def test_every_command_and_option_is_described() -> None:
     """``--help`` teaches: every built-in command has a description and examples, every option a line."""
     from diffcore.cli import build_parser

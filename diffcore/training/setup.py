@@ -44,6 +44,7 @@ from diffcore.training.checkpoint import (
 )
 from diffcore.training.loop import Trainer
 from diffcore.training.rundir import hold_run_dir
+from diffcore.utils import progress_bar
 
 
 @dataclass
@@ -273,8 +274,6 @@ def run_training(setup: TrainingSetup, out: Path, *, resume: Path | None = None,
     checkpoints (:func:`check_out_dir`). A non-finite step raises
     :class:`~diffcore.errors.TrainingError` (unless ``train.nonfinite: skip``), leaving the
     checkpoints written so far."""
-    from tqdm import tqdm
-
     from diffcore.training.preview import previewer
 
     trainer, world = setup.trainer, setup.trainer.world
@@ -283,10 +282,11 @@ def run_training(setup: TrainingSetup, out: Path, *, resume: Path | None = None,
         if resume is not None:
             trainer.load(resume)
         steps = trainer.config.steps
-        bar = tqdm(total=steps, initial=trainer.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=None if world.is_main else True)
+        bar = progress_bar(steps, "train", "step", enabled=world.is_main, initial=trainer.step)
 
         def on_step(step: int, loss: float) -> None:
+            if bar is None:
+                return
             bar.update(1)
             if (step % 10 == 0 or step == steps) and trainer.losses:
                 window = trainer.losses[-50:]
@@ -300,7 +300,8 @@ def run_training(setup: TrainingSetup, out: Path, *, resume: Path | None = None,
             trainer.run(on_step=on_step, run_dir=out, checkpoint_every=checkpoint_every or max(1, steps // 10),
                         on_save=on_save)
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
     seconds = time.perf_counter() - start
     tail = trainer.losses[-min(100, len(trainer.losses)):]
     return {"out": str(out), "steps": trainer.step, "seconds": round(seconds, 3),

@@ -20,7 +20,6 @@ import argparse
 import copy
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -42,7 +41,7 @@ from diffcore.registry import get_registry
 from diffcore.spec import PipelineSpecBase, apply_overrides, read_spec, validate_spec
 from diffcore.training import Trainer
 from diffcore.training.setup import TrainingSetup, setup_training
-from diffcore.utils import atomic_write
+from diffcore.utils import atomic_write, progress_bar
 
 SPEC_FILE = "demo_moons.yaml"
 """The package file holding the demo's default spec."""
@@ -192,14 +191,14 @@ def check_two_dimensional(name: str, x: Tensor) -> None:
                          "gmm_samples), or use `diffcore train` with a spec for other data")
 
 
-def progress_bar(total: int) -> Callable[[int, float], None]:
+def training_progress(total: int) -> Callable[[int, float], None]:
     """An ``on_step(step, loss)`` callback driving a tqdm bar on stderr, shown only when stderr is
     a terminal; the bar closes itself at step ``total``."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="training", unit="step", file=sys.stderr, disable=None, leave=False)
+    bar = progress_bar(total, "training", "step")
 
     def on_step(step: int, loss: float) -> None:
+        if bar is None:
+            return
         bar.update(1)
         if step % 25 == 0 or step == total:
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
@@ -259,7 +258,7 @@ def train(setup: Setup, run_dir: Path) -> Trainer[ScoreModel]:
     ``run_dir``; returns the trainer (losses, EMA)."""
     trainer = setup.training.trainer
     steps = trainer.config.steps
-    trainer.run(on_step=progress_bar(steps), run_dir=run_dir, checkpoint_every=steps)
+    trainer.run(on_step=training_progress(steps), run_dir=run_dir, checkpoint_every=steps)
     return trainer
 
 
