@@ -37,6 +37,8 @@ from common import SEED, Candidate, Metrics, Mixture, Reference, Setup, make_mix
 from peers import diffusers_candidates, k_diffusion_candidates, load_diffusers, load_k_diffusion
 from torch import Tensor
 
+from diffcore.budgets import budget_plan, fit_budget
+
 SUMMARY_NFE = (10, 20)
 """The budgets of the summary: our best against the best peer."""
 
@@ -70,10 +72,12 @@ prior draw) is left out: it is not a diffusion sampler and its mode weights depe
 
 
 def diffcore_candidates(setup: Setup) -> list[Candidate]:
-    """diffcore's samplers on the pipeline of ``setup``."""
+    """diffcore's samplers on the pipeline of ``setup``; the size parameter (steps, levels...) and
+    its smallest value are :func:`diffcore.budgets.budget_plan`'s, as in ``diffcore compare``."""
     candidates = []
     for label, name, params in DIFFCORE_CONFIGS:
-        size_key = "levels" if name == "annealed_langevin" else "steps"
+        plan = budget_plan(name)
+        size_key, min_size = plan.size or "steps", plan.min_size
 
         def run(size: int, x_T: Tensor, name: str = name, params: dict[str, Any] = params,
                 size_key: str = size_key) -> tuple[Tensor, int]:
@@ -81,7 +85,7 @@ def diffcore_candidates(setup: Setup) -> list[Candidate]:
             result = pipe.sample(x_T.shape[0], seed=SEED, latents=x_T, dtype=x_T.dtype)
             return result.x.to(torch.float64), result.nfe
 
-        candidates.append(Candidate("diffcore", label, run, 2 if size_key == "levels" else 1))
+        candidates.append(Candidate("diffcore", label, run, min_size))
     return candidates
 
 
@@ -123,16 +127,7 @@ def fit_size(candidate: Candidate, budget: int, probe: Tensor, table: Table) -> 
             table.nfe_cache[key] = candidate.run(size, probe)[1]
         return table.nfe_cache[key]
 
-    lo, hi = candidate.min_size, budget
-    if nfe(lo) > budget:
-        return None
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if nfe(mid) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo, nfe(lo)
+    return fit_budget(nfe, budget, candidate.min_size)
 
 
 def format_row(library: str, label: str, nfe: str, m: Metrics, floor: float, seconds: str, mark: str = "") -> str:
