@@ -12,17 +12,19 @@ from diffcore.errors import SpecError
 from diffcore.limits import MAX_HALF_LOG_SNR, MIN_HALF_LOG_SNR
 from diffcore.process import LinearGaussianProcess
 from diffcore.sampler import Sampler, StepInfo
-from diffcore.testing.conformance import REFERENCE_MIXTURE, check_sampler
+from diffcore.testing.conformance import (
+    CONFORMANCE_PROCESSES,
+    QUICK_NUM,
+    QUICK_WEIGHT_TOL,
+    REFERENCE_MIXTURE,
+    check_sampler,
+)
 from diffcore_models import GaussianMixture
 
 REGISTRY = get_registry()
 REFERENCE = GaussianMixture(**REFERENCE_MIXTURE)
 """The conformance run's ground truth: the analytic mixture, exact score and exact draws."""
-# sigma_max: Song & Ermon (2020) ask for a largest noise scale well above the data's spread. The
-# reference mixture spans ~12 units; with VE's default 50 the Gaussian prior misses p_T's variance
-# by ~0.6%, which the deterministic ODE carries into the samples (~2.6 floor stds, mode weights
-# 0.014 off, measured), so VE is run at 100 here.
-PROCESS_PARAMS = {"ve": {"sigma_max": 100.0}}
+PROCESS_PARAMS = CONFORMANCE_PROCESSES  # VE at sigma_max 100: see its docstring
 # High-NFE settings per sampler for the conformance run (defaults where absent); one line per sampler.
 # Each line: NFE, then the energy distance in floor stds on vp / ve / subvp and the largest mode-weight
 # error over the three, measured (seed 0, 20k samples).
@@ -73,11 +75,8 @@ def test_samples_match_the_mixture(sampler_name: str, process_name: str) -> None
     conformance(sampler_name, process_name, 20_000, 0.02)
 
 
-SMALL_NUM = 2000
-SMALL_WEIGHT_TOL = 0.045
-"""Four binomial standard deviations of a mode weight at 2000 samples (``sqrt(0.5 * 0.5 / 2000) = 0.011``
-for the heaviest mode); 0.02 at 20k samples is about the same multiple of its own standard deviation
-(0.0035) plus the samplers' measured bias."""
+SMALL_NUM = QUICK_NUM
+SMALL_WEIGHT_TOL = QUICK_WEIGHT_TOL
 
 
 @pytest.mark.parametrize("process_name", REGISTRY.names("process"))
