@@ -56,6 +56,8 @@ REFERENCE_NUM = 5000
 """Exact draws of ``p_0`` in the reference of an analytic model."""
 FLOOR_SETS = 3
 """Independent sets of exact draws whose RMS energy distance is the floor of an analytic model."""
+TIE_FLOORS = 2
+"""Energy distances within this many floors of the best are reported as tied with it."""
 PROBE_NUM = 2
 """Samples of each probe that measures a size's NFE."""
 
@@ -149,6 +151,17 @@ class CompareResult:
                 best[row.budget] = row
         return best
 
+    def tied_with_best(self, budget: int) -> list[str]:
+        """The other samplers whose energy distance at ``budget`` is within :data:`TIE_FLOORS` floors of
+        the best's: indistinguishable from it at this sample size (``[]`` when ranking by the Frechet
+        distance, whose floor is a bias rather than a noise level)."""
+        best = self.best_per_budget().get(budget)
+        if best is None or self.metric != "ed" or best.ed is None:
+            return []
+        limit = best.ed + TIE_FLOORS * self.floor_ed
+        return [r.sampler for r in sorted(self.rows, key=lambda r: r.score("ed"))
+                if r.budget == budget and r is not best and r.ed is not None and r.ed <= limit]
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary: the settings, the floor, every row, the best sampler per budget."""
         return {
@@ -157,6 +170,7 @@ class CompareResult:
             "floor": {"ed": self.floor_ed, "fd": self.floor_fd, "description": self.floor_description},
             "rows": [asdict(r) for r in self.rows],
             "best": {str(b): r.sampler for b, r in self.best_per_budget().items()},
+            "tied": {str(b): self.tied_with_best(b) for b in self.best_per_budget()},
             "skipped": self.skipped, "notes": self.notes,
         }
 
@@ -191,7 +205,11 @@ class CompareResult:
                 text += f" {r.fd:>9.4g}" if images and r.fd is not None else ""
                 text += f" {r.seconds:>8.2f}" + ("  <- best" if best.get(budget) is r else "")
                 lines.append(text)
-        lines += ["", "best per budget: " + ", ".join(f"NFE <= {b}: {r.sampler} ({r.nfe})" for b, r in best.items())]
+        lines += ["", "best per budget:"]
+        for b, r in best.items():
+            tied = self.tied_with_best(b)
+            lines.append(f"  NFE <= {b}: {r.sampler} (NFE {r.nfe})"
+                         + (f"; within {TIE_FLOORS} floors of it: {', '.join(tied)}" if tied else ""))
         for sampler, note in self.notes.items():
             lines.append(f"note: {sampler}: {note}")
         for sampler, why in self.skipped.items():
@@ -430,6 +448,7 @@ def save_compare_plot(result: CompareResult, path: str | Path) -> Path:
     where exact samples fall) or a line (FD: what real data score)."""
     import matplotlib
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
 
     from diffcore.plots import _write
 
@@ -457,6 +476,7 @@ def save_compare_plot(result: CompareResult, path: str | Path) -> Path:
         ax.set_ylabel("energy distance to the reference (lower is better)")
     ax.set_xscale("log")
     ax.set_xticks(result.budgets, [str(b) for b in result.budgets])
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("NFE (measured; budgets at the ticks)")
     ax.set_title(f"diffcore compare: {result.source}, {result.num} samples per run")
     ax.grid(True, which="both", alpha=0.3)

@@ -54,11 +54,11 @@ def test_a_bad_sampler_ranks_below_a_good_one(result: CompareResult) -> None:
 def test_table_and_json(result: CompareResult) -> None:
     table = result.to_table()
     assert "NFE <= 5" in table and "NFE <= 10" in table and "noise floor" in table and "<- best" in table
-    assert "best per budget: NFE <= 5: " in table
+    assert "best per budget:\n  NFE <= 5: " in table
     data = json.loads(result.to_json())
     assert data["metric"] == "ed" and data["budgets"] == [5, 10] and data["num"] == 500
     assert set(data["floor"]) == {"ed", "fd", "description"} and data["floor"]["ed"] > 0
-    assert data["best"]["10"] == "dpm_solver"
+    assert data["best"]["10"] == "dpm_solver" and "heun" not in data["tied"]["10"]
     assert {"sampler", "budget", "params", "nfe", "seconds", "ed", "fd", "note"} == set(data["rows"][0])
 
 
