@@ -233,3 +233,15 @@ def test_example_runs_its_documented_commands(path: Path, tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path)
     for argv in documented_commands(path):
         run_command(path.name, argv, tmp_path)
+
+
+def test_user_guide_lists_every_example() -> None:
+    """The user guide's Examples table names every example, and the commands of a JSON example (which
+    has no header) are the ones this test runs."""
+    guide = (ROOT / "docs" / "user-guide.md").read_text()
+    section = guide.split("\n## Examples\n", 1)[1].split("\n## ", 1)[0]
+    for path in EXAMPLES:
+        assert f"| `{path.name}` |" in section, f"docs/user-guide.md, Examples: no row for {path.name}"
+    for commands in COMMANDS_OF_JSON.values():
+        for command in commands:
+            assert f"`{command}`" in section, command
