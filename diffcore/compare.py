@@ -56,6 +56,8 @@ REFERENCE_NUM = 5000
 """Exact draws of ``p_0`` in the reference of an analytic model."""
 FLOOR_SETS = 3
 """Independent sets of exact draws whose RMS energy distance is the floor of an analytic model."""
+CHART_RANGE = 100.0
+"""The plot's y-axis ends this many times above the best value at the smallest budget."""
 TIE_FLOORS = 2
 """Energy distances within this many floors of the best are reported as tied with it."""
 PROBE_NUM = 2
@@ -173,6 +175,16 @@ class CompareResult:
             "tied": {str(b): self.tied_with_best(b) for b in self.best_per_budget()},
             "skipped": self.skipped, "notes": self.notes,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CompareResult:
+        """The result of :meth:`to_dict` (or of ``diffcore compare --json``) read back."""
+        floor = data["floor"]
+        return cls(source=data["source"], num=data["num"], seed=data["seed"], budgets=list(data["budgets"]),
+                   samplers=list(data["samplers"]), metric=data["metric"], reference=data["reference"],
+                   floor_description=floor["description"], floor_ed=floor["ed"], floor_fd=floor["fd"],
+                   rows=[Run(**row) for row in data["rows"]], skipped=dict(data.get("skipped", {})),
+                   notes=dict(data.get("notes", {})))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -456,16 +468,25 @@ def save_compare_plot(result: CompareResult, path: str | Path) -> Path:
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
     colors = matplotlib.colormaps["tab20"]
-    best = {r.sampler for r in result.best_per_budget().values()}
+    best_runs = result.best_per_budget()
+    best = {r.sampler for r in best_runs.values()}
+    floor = result.floor_fd if metric == "fd" and result.floor_fd is not None else result.floor_ed
+    # the y-axis ends CHART_RANGE times above the best at the smallest budget (or the floor): a sampler far
+    # worse than that runs off the top, named so in the legend, rather than squashing the others
+    first = best_runs.get(min(best_runs)) if best_runs else None
+    top = CHART_RANGE * max(first.score(metric) if first is not None else floor, floor)
+    clipped = False
     for i, name in enumerate(result.samplers):
         rows = sorted((r for r in result.rows if r.sampler == name and r.nfe is not None), key=lambda r: r.budget)
         if not rows:
             continue
         xs = [r.nfe or 0 for r in rows]
         ys = [r.score(metric) for r in rows]
+        off = max(ys) > top
+        clipped |= off
+        label = name + (" (above the chart)" if min(ys) > top else " (partly above)" if off else "")
         ax.plot(xs, ys, marker="o", markersize=4, color=colors(i % 20), linewidth=2.2 if name in best else 1.2,
-                label=name)
-    floor = result.floor_fd if metric == "fd" and result.floor_fd is not None else result.floor_ed
+                label=label)
     if metric == "fd":
         ax.axhline(floor, color="black", linestyle="--", linewidth=1.2, label="noise floor (real data)")
         ax.set_yscale("log")
@@ -474,6 +495,8 @@ def save_compare_plot(result: CompareResult, path: str | Path) -> Path:
         ax.axhspan(-floor, floor, color="0.6", alpha=0.35, label="noise floor (exact samples, +-RMS)")
         ax.set_yscale("symlog", linthresh=max(floor, 1e-12))
         ax.set_ylabel("energy distance to the reference (lower is better)")
+    if clipped:
+        ax.set_ylim(top=top)
     ax.set_xscale("log")
     ax.set_xticks(result.budgets, [str(b) for b in result.budgets])
     ax.xaxis.set_minor_locator(NullLocator())

@@ -60,6 +60,7 @@ def test_table_and_json(result: CompareResult) -> None:
     assert set(data["floor"]) == {"ed", "fd", "description"} and data["floor"]["ed"] > 0
     assert data["best"]["10"] == "dpm_solver" and "heun" not in data["tied"]["10"]
     assert {"sampler", "budget", "params", "nfe", "seconds", "ed", "fd", "note"} == set(data["rows"][0])
+    assert CompareResult.from_dict(data).to_table() == table
 
 
 def test_the_floor_comes_from_independent_exact_draws(result: CompareResult) -> None:
