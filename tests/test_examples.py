@@ -146,9 +146,10 @@ def check_outputs(args: list[str], stdout: str, cwd: Path) -> None:
     command, rest = args[0], args[1:]
     out = option(rest, "--out")
     if command == "train":
-        steps = int(option(rest, "--checkpoint-every"))  # type: ignore[arg-type]
         _, meta = load_checkpoint(latest_checkpoint(cwd / out))  # type: ignore[operator]
-        assert meta["step"] == steps and np.isfinite(meta["losses"]).all(), meta
+        assert meta["step"] >= 1 and np.isfinite(meta["losses"]).all(), meta
+        if "--checkpoint-every" in rest:  # the shrunk run's last step
+            assert meta["step"] == int(option(rest, "--checkpoint-every")), meta  # type: ignore[arg-type]
     elif command == "sample":
         x = np.load(cwd / out)  # type: ignore[operator]
         num = int(option(rest, "--num") or option(rest, "--num-samples"))  # type: ignore[arg-type]
@@ -194,6 +195,10 @@ def run_command(example: str, argv: list[str], cwd: Path) -> None:
         exec(compile(argv[2], f"<{example} header>", "exec"), {"__name__": "__example__"})
         return
     if argv[0] == "torchrun":
+        import torch
+
+        if not torch.distributed.is_available():
+            pytest.skip("torch.distributed missing")
         from test_distributed import torchrun
 
         at = argv.index("-m")
