@@ -34,9 +34,15 @@ KIND_TITLES = {
 # ---------------------------------------------------------------------------------------------
 
 
+def _escape_html(text: str) -> str:
+    """``<`` and ``>`` outside code spans as entities, so ``{type: <name>}`` is not read as a tag."""
+    parts = re.split(r"(`+[^`]*`+)", text)
+    return "".join(p if p.startswith("`") else p.replace("<", "&lt;").replace(">", "&gt;") for p in parts)
+
+
 def _cell(text: Any) -> str:
     """Text fit for one Markdown table cell."""
-    s = " ".join(str(text).split())
+    s = _escape_html(" ".join(str(text).split()))
     return s.replace("|", "\\|")
 
 
@@ -118,7 +124,7 @@ def _fields_table(model: dict[str, Any], *, skip: tuple[str, ...] = ()) -> list[
 
 
 def _description(text: str) -> list[str]:
-    return [" ".join(line.strip() for line in text.splitlines()), ""]
+    return [_escape_html(" ".join(line.strip() for line in text.splitlines())), ""]
 
 
 # ---------------------------------------------------------------------------------------------
