@@ -68,6 +68,7 @@ def test_the_guide_has_the_plugin_its_layout_and_examples() -> None:
     assert {"diffcore-simple-ddim/pyproject.toml", "diffcore-simple-ddim/src/diffcore_simple_ddim/__init__.py",
             "diffcore-simple-ddim/tests/test_conformance.py"} <= set(file_blocks())
     assert len(in_process_blocks()) == 2
+    assert "diffcore-cosine/src/diffcore_cosine/commands.py" in file_blocks()
 
 
 def test_the_plugins_pyproject_declares_the_entry_point(plugin_dir: Path) -> None:
@@ -123,3 +124,46 @@ def test_the_conformance_template_passes(plugin_dir: Path) -> None:
                           cwd=plugin_dir, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert re.search(r"\b8 passed\b", proc.stdout), proc.stdout[-2000:]
+
+
+def test_the_subcommand_example_adds_a_working_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guide's ``diffcore-cosine`` command module: its hook adds ``cosine-schedule``, importing it
+    imports no torch, and ``run`` prints alpha(t) or raises ``UsageError`` (exit 2)."""
+    import argparse
+    import ast
+    import json
+
+    from diffcore.errors import UsageError
+
+    rel = "diffcore-cosine/src/diffcore_cosine/commands.py"
+    code = file_blocks()[rel]
+    top_imports = set()
+    for node in ast.parse(code).body:                     # module level only: run() imports torch itself
+        if isinstance(node, ast.Import):
+            top_imports |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            top_imports.add((node.module or "").split(".")[0])
+    assert "torch" not in top_imports
+    package = tmp_path / "diffcore-cosine" / "src" / "diffcore_cosine"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "commands.py").write_text(code)
+    ddim = write_plugin(tmp_path) / "src" / "diffcore_simple_ddim" / "__init__.py"   # the guide's CosineVP
+    (package / "process.py").write_text(ddim.read_text())
+    monkeypatch.syspath_prepend(str(package.parent))
+    try:
+        import diffcore_cosine.commands as commands
+
+        parser = argparse.ArgumentParser(prog="diffcore")
+        commands.diffcore_add_commands(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(["cosine-schedule", "--points", "3"])
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert args.func(args) == 0
+        result = json.loads(out.getvalue())
+        assert len(result["t"]) == 3 and abs(result["alpha"][0] - 1.0) < 1e-12 and result["alpha"][2] < 0.1
+        with pytest.raises(UsageError, match="--points must be at least 2"):
+            args.func(parser.parse_args(["cosine-schedule", "--points", "1"]))
+    finally:
+        for name in [m for m in sys.modules if m.startswith("diffcore_cosine")]:
+            del sys.modules[name]
