@@ -167,3 +167,28 @@ def test_the_subcommand_example_adds_a_working_command(tmp_path: Path, monkeypat
     finally:
         for name in [m for m in sys.modules if m.startswith("diffcore_cosine")]:
             del sys.modules[name]
+
+
+def test_the_generated_references_cover_the_registry_and_the_parser() -> None:
+    """The mkdocs hook's spec page names every registered component, its CLI page every command."""
+    import argparse
+    import importlib.util
+
+    from diffcore.cli import build_parser
+    from diffcore.registry import get_registry
+
+    spec = importlib.util.spec_from_file_location("mkdocs_hooks", ROOT / "docs" / "scripts" / "mkdocs_hooks.py")
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    page = hooks.on_page_markdown("# Spec\n\n<!-- generated: spec -->\n", None, None, None)
+    registry = get_registry()
+    for kind, prefix in [("process", "process"), ("model", "model"), ("sampler", "sampler"),
+                         ("objective", "objective"), ("guidance", "guidance"), ("dataset", "dataset")]:
+        for name in registry.names(kind):
+            assert f"### {prefix}: `{name}`" in page, (kind, name)
+    cli = hooks.cli_markdown()
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name in sub.choices:
+        assert f"## `diffcore {name}`" in cli
+    assert "<!-- generated" not in page
