@@ -290,7 +290,7 @@ def section(quick: bool, kd: types.ModuleType | None) -> None:
           "| s | no larger error at no more NFE | solve at k-d's NFE |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     notes: list[str] = []
-    verdicts: list[str] = []
+    verdicts: list[tuple[str, str]] = []
     overshoots: list[float] = []
     for process_type in cfg.processes:
         for name, num in cfg.points.items():
@@ -306,7 +306,7 @@ def section(quick: bool, kd: types.ModuleType | None) -> None:
                     v = verdict(row, peer)
                     frontier = ""
                     if v:
-                        verdicts.append(v)
+                        verdicts.append((process_type, v))
                         frontier = at_equal_nfe(row, peers)
                     if row.library == "k-diffusion":
                         overshoots.append(row.overshoot)
@@ -323,8 +323,11 @@ def section(quick: bool, kd: types.ModuleType | None) -> None:
               f"solves above (up to {max(overshoots):.2f} sigma_max: it steps past the end and interpolates back; "
               "the analytic model is exact there, a trained one is outside its range)")
     if verdicts:
-        met = sum(v.startswith("yes") for v in verdicts)
-        print(f"\ndiffcore rows meeting the target against k-diffusion: {met} of {len(verdicts)}")
+        met = sum(v.startswith("yes") for _, v in verdicts)
+        by_process = ", ".join(
+            f"{p} {sum(v.startswith('yes') for q, v in verdicts if q == p)}/{sum(q == p for q, _ in verdicts)}"
+            for p in cfg.processes)
+        print(f"\ndiffcore rows meeting the target against k-diffusion: {met} of {len(verdicts)} ({by_process})")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
