@@ -134,8 +134,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 _COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "plugins": ("Installed plugins (entry points of the group diffcore.plugins), the components and commands "
-                "each registered, and every plugin that failed to load, with why.",
+    "plugins": ("Installed plugins (entry points of the groups diffcore and diffcore.commands), the components "
+                "and commands each registered, and every plugin that failed to load, with why.",
                 ("diffcore plugins", "diffcore plugins --json")),
     "list": ("Registered components of one kind, or of all: what each does, the capabilities it declares or "
              "requires, and its parameters with their defaults.",

@@ -123,7 +123,7 @@ def test_the_conformance_template_passes(plugin_dir: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
                           cwd=plugin_dir, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert re.search(r"\b8 passed\b", proc.stdout), proc.stdout[-2000:]
+    assert re.search(r"\b10 passed\b", proc.stdout), proc.stdout[-2000:]
 
 
 def test_the_subcommand_example_adds_a_working_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
