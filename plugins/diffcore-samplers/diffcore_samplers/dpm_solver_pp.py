@@ -7,7 +7,7 @@ from diffcore_samplers.common import DPMSolverBase, DPMSolverPPParams
 
 class DPMSolverPP(DPMSolverBase):
     """DPM-Solver++ (Lu et al. 2022b): a high-order ODE solver on the data prediction, stable under guidance and
-    thresholding; among the best at 10 to 20 evaluations.
+    thresholding; for 10 to 50 evaluations.
 
     DPM-Solver++ (Lu et al. 2022b), data prediction: exponential integrator of order 1-3 in ``lambda``.
 

@@ -45,8 +45,8 @@ class UniPCParams(ThresholdParams, GridParams):
 
 
 class UniPC(Sampler):
-    """UniPC (Zhao et al. 2023): a predictor-corrector ODE solver on the data prediction, strongest at very few (5 to
-    10) evaluations.
+    """UniPC (Zhao et al. 2023): a predictor-corrector ODE solver on the data prediction, for few-step sampling
+    (10 to 20 evaluations); ``diffcore compare`` measures it against the others on your model.
 
     UniPC (Zhao et al. 2023) in data prediction: UniP-p predictor, UniC-p corrector, ``p = order``.
 
