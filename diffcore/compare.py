@@ -43,7 +43,7 @@ from torch import Tensor
 from diffcore.budgets import BudgetPlan, budget_plan, fit_budget
 from diffcore.component import check_compatible
 from diffcore.errors import CompatibilityError, DiffcoreError, UsageError
-from diffcore.metrics import frechet_distance
+from diffcore.metrics import energy_distance, frechet_distance, mean_self_distance
 from diffcore.pipeline import Pipeline
 from diffcore.registry import Registry, get_registry
 from diffcore.sampler import Sampler
@@ -100,26 +100,13 @@ class Reference:
     def energy_distance(self, x: Tensor) -> float:
         """:func:`diffcore.metrics.energy_distance` of ``x`` ``(n, *shape)`` against ``y``, with the
         reference's own term ``E|Y - Y'|`` (the costly one) computed once."""
-        a, b = x.reshape(x.shape[0], -1).double(), self.y.reshape(self.y.shape[0], -1).double()
-        n, m = a.shape[0], b.shape[0]
-        if n < 2 or m < 2:
-            raise ValueError("energy_distance needs at least two samples on each side")
         if self._self_term is None:
-            self._self_term = _distance_sum(b, b) / (m * (m - 1))
-        return 2 * _distance_sum(a, b) / (n * m) - _distance_sum(a, a) / (n * (n - 1)) - self._self_term
+            self._self_term = mean_self_distance(self.y)
+        return energy_distance(x, self.y, y_self=self._self_term)
 
     def frechet_distance(self, x: Tensor) -> float:
         """:func:`diffcore.metrics.frechet_distance` of ``x`` against ``y``."""
         return frechet_distance(x, self.y)
-
-
-def _distance_sum(a: Tensor, b: Tensor, chunk: int = 2048) -> float:
-    """The sum of the Euclidean distances between the rows of ``a`` ``(n, D)`` and of ``b`` ``(m, D)``,
-    as in :func:`diffcore.metrics.energy_distance` (float64, exact differences, chunked)."""
-    total = 0.0
-    for i in range(0, a.shape[0], chunk):
-        total += float(torch.cdist(a[i:i + chunk], b, compute_mode="donot_use_mm_for_euclid_dist").sum())
-    return total
 
 
 @dataclass

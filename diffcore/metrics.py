@@ -14,22 +14,33 @@ def _pairwise_distance_sum(a: Tensor, b: Tensor, chunk: int) -> Tensor:
     return total
 
 
-def energy_distance(x: Tensor, y: Tensor, *, chunk: int = 2048) -> float:
+def mean_self_distance(y: Tensor, *, chunk: int = 2048) -> float:
+    """``E|Y - Y'|`` over distinct pairs of the rows of ``y`` ``(m, ...)`` (flattened, float64): the
+    reference's own term of :func:`energy_distance`, to compute once when many sample sets are
+    measured against the same reference."""
+    b = rearrange(y, "n ... -> n (...)").to(torch.float64)
+    m = b.shape[0]
+    if m < 2:
+        raise ValueError("energy_distance needs at least two samples on each side")
+    return float(_pairwise_distance_sum(b, b, chunk) / (m * (m - 1)))  # the zero diagonal drops out
+
+
+def energy_distance(x: Tensor, y: Tensor, *, chunk: int = 2048, y_self: float | None = None) -> float:
     """Unbiased (U-statistic) energy distance ``2 E|X - Y| - E|X - X'| - E|Y - Y'|``.
 
     ``x`` ``(n, ...)`` and ``y`` ``(m, ...)`` are flattened per sample and compared in float64. Its
     expectation is zero when both come from the same distribution, positive otherwise
-    (Szekely & Rizzo 2013). Cost ``O((n + m)^2)``, memory ``O(chunk * max(n, m))``.
+    (Szekely & Rizzo 2013). Cost ``O((n + m)^2)``, memory ``O(chunk * max(n, m))``. ``y_self``:
+    :func:`mean_self_distance` of ``y``, when already known (it is then not recomputed).
     """
     a = rearrange(x, "n ... -> n (...)").to(torch.float64)
     b = rearrange(y, "n ... -> n (...)").to(torch.float64)
     n, m = a.shape[0], b.shape[0]
     if n < 2 or m < 2:
         raise ValueError("energy_distance needs at least two samples on each side")
-    xy = _pairwise_distance_sum(a, b, chunk) / (n * m)
-    xx = _pairwise_distance_sum(a, a, chunk) / (n * (n - 1))  # the zero diagonal drops out
-    yy = _pairwise_distance_sum(b, b, chunk) / (m * (m - 1))
-    return float(2 * xy - xx - yy)
+    xy = float(_pairwise_distance_sum(a, b, chunk) / (n * m))
+    yy = mean_self_distance(b, chunk=chunk) if y_self is None else y_self
+    return 2 * xy - mean_self_distance(a, chunk=chunk) - yy
 
 
 def assign_modes(x: Tensor, log_weights: Tensor, means: Tensor, variances: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from diffcore.metrics import frechet_distance
+from diffcore.metrics import energy_distance, frechet_distance, mean_self_distance
 
 
 def whitened(n: int, dim: int, seed: int) -> Tensor:
@@ -92,3 +92,22 @@ def test_images_are_flattened_and_bad_inputs_rejected() -> None:
         frechet_distance(x[:1], y)
     with pytest.raises(ValueError, match="same dimension"):
         frechet_distance(x, torch.randn(60, 3))
+
+
+def test_energy_distance_of_shifted_gaussians_and_a_cached_reference_term() -> None:
+    """Closed form in 1-D: for N(0, 1) against N(d, 1), ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` with
+    ``E|Z|`` of ``Z ~ N(mu, s^2)`` = ``s sqrt(2/pi) exp(-mu^2 / 2s^2) + mu (1 - 2 Phi(-mu/s))``; the
+    reference's own term, passed in, gives the same value as computing it."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 1, generator=gen, dtype=torch.float64)
+    y = torch.randn(4000, 1, generator=gen, dtype=torch.float64) + 1.0
+    s = math.sqrt(2.0)
+
+    def abs_mean(mu: float) -> float:
+        return s * math.sqrt(2 / math.pi) * math.exp(-mu * mu / (2 * s * s)) + mu * math.erf(mu / (s * math.sqrt(2)))
+
+    exact = 2 * abs_mean(1.0) - 2 * abs_mean(0.0)
+    measured = energy_distance(x, y)
+    assert abs(measured - exact) < 0.02, (measured, exact)
+    assert abs(mean_self_distance(y) - abs_mean(0.0)) < 0.03
+    assert energy_distance(x, y, y_self=mean_self_distance(y)) == pytest.approx(measured, rel=1e-12, abs=1e-15)
