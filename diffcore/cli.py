@@ -509,14 +509,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from diffcore.compare import compare, save_compare_plot, stderr_progress
+    from diffcore.compare import compare, save_compare_plot
     from diffcore.devices import resolve_device
     from diffcore.inputs import output_file
 
     if args.plot is not None:
         output_file(args.plot, what="--plot")
     result = compare(args.spec, samplers=args.samplers, budgets=args.budgets, num=args.num, seed=args.seed,
-                     overrides=args.overrides, device=resolve_device(args.device), progress=stderr_progress())
+                     overrides=args.overrides, device=resolve_device(args.device), progress=True)
     if args.plot is not None:
         save_compare_plot(result, args.plot)
     if args.json:

@@ -30,9 +30,8 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from diffcore.metrics import energy_distance, frechet_distance, mean_self_distan
 from diffcore.pipeline import Pipeline
 from diffcore.registry import Registry, get_registry
 from diffcore.sampler import Sampler
+from diffcore.utils import progress_bar
 
 DEFAULT_BUDGETS = (5, 10, 20, 50)
 """NFE budgets of :func:`compare` and ``diffcore compare``."""
@@ -63,7 +63,6 @@ TIE_FLOORS = 2
 PROBE_NUM = 2
 """Samples of each probe that measures a size's NFE."""
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -369,13 +368,14 @@ def load_pipeline(source: str | Path | Mapping[str, Any] | Pipeline,
 def compare(source: str | Path | Mapping[str, Any] | Pipeline, *, samplers: Sequence[str] | None = None,
             budgets: Sequence[int] = DEFAULT_BUDGETS, num: int = DEFAULT_NUM, seed: int = 0,
             reference: Reference | None = None, overrides: Sequence[str] = (),
-            device: torch.device | str | None = None, progress: Progress | None = None) -> CompareResult:
+            device: torch.device | str | None = None, progress: bool = False) -> CompareResult:
     """Run ``samplers`` (default: every registered one compatible with the process) at each NFE
     budget on the pipeline of ``source`` (a spec file, a run directory, a spec mapping or a
     :class:`Pipeline`) and measure them against ``reference`` (default :func:`reference_for`).
 
-    ``num`` samples per run from ``seed`` (the same prior draws for all); ``progress`` receives a line
-    per run. A sampler failing at some budget (NaN, say) gets a row with the error as its note.
+    ``num`` samples per run from ``seed`` (the same prior draws for all); ``progress``: a bar over the
+    runs on stderr (:func:`diffcore.utils.progress_bar`: only on a terminal), showing the last run's
+    result. A sampler failing at some budget (NaN, say) gets a row with the error as its note.
     """
     budgets = sorted({int(b) for b in budgets})
     if not budgets or budgets[0] < 1:
@@ -393,6 +393,7 @@ def compare(source: str | Path | Mapping[str, Any] | Pipeline, *, samplers: Sequ
                            floor_description=ref.floor_description, floor_ed=floor_ed, floor_fd=floor_fd,
                            skipped=skipped)
     cache: dict[tuple[str, int], int] = {}
+    bar = progress_bar(len(names) * len(budgets), "compare", "run", enabled=progress)
     for name in names:
         plan = budget_plan(name)
         if plan.note:
@@ -401,10 +402,13 @@ def compare(source: str | Path | Mapping[str, Any] | Pipeline, *, samplers: Sequ
             row = _run_one(pipe, name, plan, budget, num=num, seed=seed, device=device, ref=ref, images=images,
                            cache=cache)
             result.rows.append(row)
-            if progress is not None:
-                what = (f"NFE {row.nfe}, ED {row.ed:.2e}, {row.seconds:.2f} s" if row.nfe is not None
-                        and row.ed is not None and row.seconds is not None else row.note)
-                progress(f"{name} at NFE <= {budget}: {what}")
+            if bar is not None:
+                what = (f"NFE {row.nfe}, ED {row.ed:.2e}" if row.nfe is not None and row.ed is not None
+                        else "no run")
+                bar.set_postfix_str(f"{name} at NFE <= {budget}: {what}")
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     return result
 
 
@@ -426,13 +430,6 @@ def _run_one(pipe: Pipeline, name: str, plan: BudgetPlan, budget: int, *, num: i
     x = out.x.detach().cpu().double()
     return Run(name, budget, params, out.nfe, seconds, ref.energy_distance(x),
                ref.frechet_distance(x) if images else None)
-
-
-def stderr_progress() -> Progress | None:
-    """A progress printer to stderr when it is a terminal, else ``None``."""
-    if not sys.stderr.isatty():
-        return None
-    return lambda line: print(f"  {line}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
