@@ -13,7 +13,9 @@ in one solve, float64, ``rtol = atol = tol`` for both:
   to ``s(T)`` (dopri5, its last step landing on ``s(T)``; ``t(s)`` clamped to ``[t_min, T]``), with the
   Jacobian ``D log alpha`` at both ends, the divergence (w.r.t. ``y``) by the exact trace
   or by Hutchinson's estimator with one Rademacher probe per point (``K = 1``, k-diffusion's
-  estimator), plus the process's prior ``N(0, (alpha_T^2 + sigma_T^2) I)`` at the latent: ``log p_{t_min}(x)``.
+  estimator), less the control variate ``D s / (1 + s^2)`` (the divergence for unit-Gaussian data, its
+  integral added in closed form), the log-density held to ``D atol``, plus the process's prior
+  ``N(0, (alpha_T^2 + sigma_T^2) I)`` at the latent: ``log p_{t_min}(x)``.
 - **k-diffusion** ``log_likelihood(model, x, sigma_min, sigma_max, atol, rtol)`` (``sampling.py``):
   the same ODE in its VE form, ``dy/ds = (y - D(y, s)) / s`` in the noise level ``s`` from
   ``sigma_min`` to ``sigma_max`` (torchdiffeq dopri5, which may step past ``sigma_max`` and interpolate

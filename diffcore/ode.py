@@ -15,7 +15,7 @@ evaluations (NFE) and the solver's steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -105,7 +105,7 @@ class _CountedSteps(_Counted):
 
 
 def integrate(velocity: Callable[[Tensor, State], State], state: State, t_start: float, t_end: float,
-              options: SolverParams | None = None) -> ODESolution:
+              options: SolverParams | None = None, *, atol_scales: Sequence[float] | None = None) -> ODESolution:
     """Integrate ``d state / dt = velocity(t, state)`` from ``t_start`` to ``t_end`` (either direction).
 
     Args:
@@ -115,6 +115,10 @@ def integrate(velocity: Callable[[Tensor, State], State], state: State, t_start:
             state; adaptive methods then control the error of each part, torchdiffeq's mixed norm).
         t_start, t_end: the interval; the solve ends exactly at ``t_end``.
         options: method and tolerances or steps (default :class:`SolverParams`'s defaults).
+        atol_scales: for a tuple state, one factor per part: adaptive methods hold part ``i`` to
+            ``atol * atol_scales[i]`` (``rtol`` unchanged); default 1 for every part. The likelihood
+            passes ``(1, D)``: its log-density, a sum over ``D`` values, is held to ``atol`` per value,
+            as the state is.
 
     Adaptive methods are given ``t_end`` as a step boundary (torchdiffeq's ``step_t``): their last step
     lands on it, so the velocity is never evaluated beyond the interval (otherwise torchdiffeq steps
@@ -129,7 +133,13 @@ def integrate(velocity: Callable[[Tensor, State], State], state: State, t_start:
     counted = _CountedSteps(velocity) if p.adaptive else _Counted(velocity)
     if p.adaptive:
         times = torch.tensor([t_start, t_end], device=first.device, dtype=torch.float64)
-        path = odeint(counted, state, times, method=p.method, rtol=p.rtol, atol=p.atol,
+        atol: float | tuple[float, ...] = p.atol
+        if atol_scales is not None:
+            if isinstance(state, Tensor) or len(atol_scales) != len(state):
+                parts = 1 if isinstance(state, Tensor) else len(state)
+                raise UsageError(f"atol_scales has {len(atol_scales)} factors for a state of {parts} part(s)")
+            atol = tuple(p.atol * float(scale) for scale in atol_scales)
+        path = odeint(counted, state, times, method=p.method, rtol=p.rtol, atol=atol,
                       options={"step_t": times[1:]})
         steps = counted.accepted
     else:
