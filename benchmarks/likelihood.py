@@ -50,11 +50,11 @@ Verdict of each diffcore row against k-diffusion's at the same tolerance ("no la
 NFE"): ``yes`` when its NFE is no more and both its ``|err|`` and its solve ``|err|`` are no larger;
 ``|err|`` of a Hutchinson row (different probes from k-diffusion's) may exceed the peer's by two
 standard errors of the difference (``yes (noise)``); otherwise ``no:`` with the ratios that fail.
-Matched tolerances are nominal: the solvers integrate different variables (``x`` in ``t`` against ``y``
-in ``s``), so the last column compares efficiency directly: the row's solve ``|err|`` over k-diffusion's
-at the same NFE (k-diffusion's solve ``|err|`` interpolated log-log in NFE between its tolerances; ``-``
-outside the NFE they span; below 1: more accurate per evaluation). Without k-diffusion installed
-(``peers.py`` says how) only diffcore's rows are printed, with a notice.
+Matched tolerances are nominal: the two integrate different log-density integrands (diffcore's less its
+control variate, held to ``D atol``), so the last column compares efficiency directly: the row's solve
+``|err|`` over k-diffusion's at the same NFE (k-diffusion's solve ``|err|`` interpolated log-log in NFE
+between its tolerances; ``-`` outside the NFE they span; below 1: more accurate per evaluation). Without
+k-diffusion installed (``peers.py`` says how) only diffcore's rows are printed, with a notice.
 """
 
 from __future__ import annotations
