@@ -425,6 +425,25 @@ def test_integrate_counts_evaluations_and_never_passes_the_end(method: str) -> N
         assert method in ADAPTIVE and solution.steps > 0 and solution.nfe > solution.steps
 
 
+def test_integrate_atol_scales_loosen_one_part() -> None:
+    """``atol_scales`` scales ``atol`` per part of a tuple state. With ``dx/dt = 0`` and a quadrature
+    ``dq/dt = cos(20 t)`` (exact integral ``sin(20) / 20``), the steps follow the quadrature's tolerance:
+    a 1e4 times larger one takes fewer evaluations and stays within it. A scale per part is required."""
+
+    def velocity(t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return torch.zeros_like(state[0]), torch.cos(20 * t).expand_as(state[1])
+
+    start = (torch.ones(4, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+    options = SolverParams(rtol=1e-10, atol=1e-10)
+    tight = integrate(velocity, start, 0.0, 1.0, options)
+    loose = integrate(velocity, start, 0.0, 1.0, options, atol_scales=(1.0, 1e4))
+    exact = math.sin(20.0) / 20.0
+    assert abs(float(tight.state[1]) - exact) < 1e-8 and abs(float(loose.state[1]) - exact) < 1e-5
+    assert loose.nfe < tight.nfe
+    with pytest.raises(UsageError, match="2 factors for a state of 3 part"):
+        integrate(lambda t, s: s, (*start, start[1]), 0.0, 1.0, options, atol_scales=(1.0, 2.0))
+
+
 def hand_integrated(process: ForwardProcess, score: ScoreFn, x_T: Tensor, params: dict[str, Any]) -> tuple[Tensor, int]:
     """The probability_flow sampler as it was before diffcore.ode (torchdiffeq called directly), and its NFE."""
     reverse = process.reverse(score, probability_flow=True)
