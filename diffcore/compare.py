@@ -64,7 +64,6 @@ PROBE_NUM = 2
 """Samples of each probe that measures a size's NFE."""
 
 
-
 @dataclass(frozen=True)
 class Run:
     """One sampler at one budget: the size and defaults replaced (``params``), the NFE measured,
