@@ -367,7 +367,7 @@ class _NoiseLevelFlow:
         self.alpha_start, self.alpha_end = float(alpha[0]), float(alpha[1])
         self.start, self.end = float(s[0]), float(s[1])
         # the reference divergence's weight per (row, estimate): |eps|^2 per probe (K, n) -> (n, K), D for the trace
-        self.weights = None if probes is None else probes.flatten(2).square().sum(-1).T
+        self.weights: Tensor | float = float(dim) if probes is None else probes.flatten(2).square().sum(-1).T
 
     def reference_integral(self) -> float:
         """``int_{s0}^{s1} D s / (1 + s^2) ds = D/2 log((1 + s1^2) / (1 + s0^2))``, the control variate's
@@ -390,8 +390,7 @@ class _NoiseLevelFlow:
         check_finite(u, "the probability-flow velocity", step=0, t=tb[0])
         check_finite(div, "the divergence of the probability-flow velocity", step=0, t=tb[0])
         reference = float(s) / (1.0 + float(s) ** 2)
-        weights = self.dim if self.weights is None else self.weights
-        return u.detach(), div.detach() - reference * weights
+        return u.detach(), div.detach() - reference * self.weights
 
 
 def _check_inputs(x: object, process: ForwardProcess, t0: float, t1: float, seed: int, start: int) -> None:
