@@ -55,12 +55,24 @@ control variate, held to ``D atol``), so the last column compares efficiency dir
 ``|err|`` over k-diffusion's at the same NFE (k-diffusion's solve ``|err|`` interpolated log-log in NFE
 between its tolerances; ``-`` outside the NFE they span; below 1: more accurate per evaluation). Without
 k-diffusion installed (``peers.py`` says how) only diffcore's rows are printed, with a notice.
+
+A verdict at one tolerance is close to a coin flip where the two solves take about the same steps:
+adaptive solvers' NFE and error move in jumps from one tolerance to the next (the 2-D mixture). So
+``--work-precision`` also compares the two libraries' work-precision diagrams (Hairer, Norsett & Wanner,
+"Solving Ordinary Differential Equations I", Sec. II.10): each library's solve ``|err|`` and NFE at
+:data:`WORK_PRECISION_TOLERANCES` tolerances from 1e-3 to 1e-6, and, at every NFE both span, the
+smallest error each reached at no more than that NFE (its envelope); the summary is diffcore's envelope
+over k-diffusion's (median, largest, and the share of those NFE at which diffcore's is no larger).
+
+    OMP_NUM_THREADS=1 python benchmarks/likelihood.py --work-precision    # the table, then the diagrams
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import math
+import statistics
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -78,6 +90,8 @@ from diffcore_models import GaussianMixture
 
 POINT_SEED = 20_000
 """Seed of the points drawn from each mixture."""
+WORK_PRECISION_TOLERANCES = 13
+"""Tolerances of ``--work-precision``'s scan, log-spaced from 1e-3 to 1e-6."""
 TIGHT = 1e-10
 """``rtol = atol`` of the reference solve of a Hutchinson row: the same probe, the ODE solved to round-off."""
 
@@ -332,13 +346,70 @@ def section(quick: bool, kd: types.ModuleType | None) -> None:
         print(f"\ndiffcore rows meeting the target against k-diffusion: {met} of {len(verdicts)} ({by_process})")
 
 
+Diagram = list[tuple[int, float]]
+"""A work-precision diagram: (NFE, solve ``|err|``) at each tolerance of a scan."""
+
+
+def envelope(diagram: Diagram, nfe: int) -> float:
+    """The smallest solve ``|err|`` of ``diagram`` at no more than ``nfe`` evaluations."""
+    return min(err for n, err in diagram if n <= nfe)
+
+
+def envelope_ratios(mine: Diagram, peer: Diagram) -> list[float]:
+    """``mine``'s envelope over ``peer``'s at every NFE of either diagram that both span."""
+    low = max(min(n for n, _ in mine), min(n for n, _ in peer))
+    high = min(max(n for n, _ in mine), max(n for n, _ in peer))
+    grid = sorted({n for n, _ in mine + peer if low <= n <= high})
+    return [envelope(mine, n) / envelope(peer, n) for n in grid]
+
+
+def work_precision(quick: bool, kd: types.ModuleType) -> None:
+    """Each library's work-precision diagram per case, and diffcore's envelope over k-diffusion's
+    (module docstring)."""
+    cfg = config(quick)
+    mixtures = {m.name: m for m in [REFERENCE_2D, *make_mixtures()]}
+    tolerances = torch.logspace(-3, -6, WORK_PRECISION_TOLERANCES, dtype=torch.float64).tolist()
+    print(f"\nWork-precision diagrams: solve |err| per dimension at {len(tolerances)} tolerances from 1e-3 to 1e-6 "
+          "(NFE:error, loosest first)\n")
+    summary = []
+    for process_type in cfg.processes:
+        for name, num in cfg.points.items():
+            case = Case(mixtures[name], process_type, num)
+            results = case_rows(case, tolerances, kd)
+            diagrams: dict[str, Diagram] = {}
+            for index, label in enumerate(["diffcore exact", "diffcore hutchinson", "k-diffusion hutchinson"]):
+                diagrams[label] = [(rows[index].nfe, mean_abs(rows[index].solve)) for _, rows in results]
+                points = " ".join(f"{n}:{err:.1e}" for n, err in diagrams[label])
+                print(f"- {process_type} {name}, {label}: {points}")
+            for trace in ["exact", "hutchinson"]:
+                ratios = envelope_ratios(diagrams[f"diffcore {trace}"], diagrams["k-diffusion hutchinson"])
+                summary.append((process_type, name, trace, ratios))
+    print("\n| process | mixture | diffcore trace | NFE compared | envelope over k-diffusion's: median | largest "
+          "| no larger at |")
+    print("|---|---|---|---|---|---|---|")
+    for process_type, name, trace, ratios in summary:
+        share = sum(r <= 1.0 for r in ratios)
+        print(f"| {process_type} | {name} | {trace} | {len(ratios)} | x{statistics.median(ratios):.2f} | "
+              f"x{max(ratios):.2f} | {share} of {len(ratios)} |")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(__doc__, "vp and ve, tolerances 1e-3 and 1e-5, fewer points", argv)
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--work-precision", action="store_true",
+                            help=f"also compare work-precision diagrams ({WORK_PRECISION_TOLERANCES} tolerances per "
+                                 "case; needs k-diffusion)")
+
+    args = parse_args(__doc__, "vp and ve, tolerances 1e-3 and 1e-5, fewer points", argv, options)
     kd = load_k_diffusion()
     started = time.perf_counter()
     print(f"diffcore log_likelihood vs k-diffusion's on exact Gaussian-mixture scores (float64, probe seed {SEED}, "
           f"points seed {POINT_SEED}, {torch.get_num_threads()} thread(s))")
     section(quick=args.quick, kd=kd)
+    if args.work_precision:
+        if kd is None:
+            print("\n--work-precision compares with k-diffusion, which is not installed (peers.py says how)")
+        else:
+            work_precision(quick=args.quick, kd=kd)
     print(f"\ntotal {time.perf_counter() - started:.0f}s")
 
 
