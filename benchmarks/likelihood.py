@@ -75,7 +75,7 @@ import math
 import statistics
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -295,9 +295,16 @@ def case_rows(case: Case, tolerances: Sequence[float], kd: types.ModuleType | No
     return out
 
 
+def cases(cfg: Config) -> Iterator[tuple[str, str, Case]]:
+    """``(process, mixture name, case)`` of every process and mixture of ``cfg``, in table order."""
+    mixtures = {m.name: m for m in [REFERENCE_2D, *make_mixtures()]}
+    for process_type in cfg.processes:
+        for name, num in cfg.points.items():
+            yield process_type, name, Case(mixtures[name], process_type, num)
+
+
 def section(quick: bool, kd: types.ModuleType | None) -> None:
     cfg = config(quick)
-    mixtures = {m.name: m for m in [REFERENCE_2D, *make_mixtures()]}
     warm = Case(REFERENCE_2D, cfg.processes[0], 8)  # the first solves pay for imports and allocations
     diffcore_row(warm, "exact", 1e-2), diffcore_row(warm, "hutchinson", 1e-2)
     if kd is not None:
@@ -308,28 +315,26 @@ def section(quick: bool, kd: types.ModuleType | None) -> None:
     notes: list[str] = []
     verdicts: list[tuple[str, str]] = []
     overshoots: list[float] = []
-    for process_type in cfg.processes:
-        for name, num in cfg.points.items():
-            case = Case(mixtures[name], process_type, num)
-            notes.append(f"{process_type} {name}: t_min = {case.t_min:g}, s(t_min) = {case.setup.s_min:.3g}, "
-                         f"s(T) = {case.setup.s_max:.4g}; the t_min gap log p_t_min - log p_0 = "
-                         f"{case.t_min_gap():+.1e} nats/dim on average")
-            results = case_rows(case, cfg.tolerances, kd)
-            peers = [rows[-1] for _, rows in results] if kd is not None else []
-            for tol, rows in results:
-                peer = rows[-1] if kd is not None else None
-                for row in rows:
-                    v = verdict(row, peer)
-                    frontier = ""
-                    if v:
-                        verdicts.append((process_type, v))
-                        frontier = at_equal_nfe(row, peers)
-                    if row.library == "k-diffusion":
-                        overshoots.append(row.overshoot)
-                    print(f"| {process_type} | {name} | {num} | {tol:g} | {row.library} | {row.trace} | "
-                          f"{fmt(float(row.err.mean()))} | {mean_abs(row.err):.1e} | {float(row.err.std()):.1e} | "
-                          f"{mean_abs(row.solve):.1e} | {fmt(float(row.prior.mean()))} | {row.nfe} | "
-                          f"{row.seconds:.2f} | {v} | {frontier} |")
+    for process_type, name, case in cases(cfg):
+        notes.append(f"{process_type} {name}: t_min = {case.t_min:g}, s(t_min) = {case.setup.s_min:.3g}, "
+                     f"s(T) = {case.setup.s_max:.4g}; the t_min gap log p_t_min - log p_0 = "
+                     f"{case.t_min_gap():+.1e} nats/dim on average")
+        results = case_rows(case, cfg.tolerances, kd)
+        peers = [rows[-1] for _, rows in results] if kd is not None else []
+        for tol, rows in results:
+            peer = rows[-1] if kd is not None else None
+            for row in rows:
+                v = verdict(row, peer)
+                frontier = ""
+                if v:
+                    verdicts.append((process_type, v))
+                    frontier = at_equal_nfe(row, peers)
+                if row.library == "k-diffusion":
+                    overshoots.append(row.overshoot)
+                print(f"| {process_type} | {name} | {case.x.shape[0]} | {tol:g} | {row.library} | {row.trace} | "
+                      f"{fmt(float(row.err.mean()))} | {mean_abs(row.err):.1e} | {float(row.err.std()):.1e} | "
+                      f"{mean_abs(row.solve):.1e} | {fmt(float(row.prior.mean()))} | {row.nfe} | "
+                      f"{row.seconds:.2f} | {v} | {frontier} |")
     print()
     for note in notes:
         print(f"- {note}")
@@ -367,23 +372,20 @@ def work_precision(quick: bool, kd: types.ModuleType) -> None:
     """Each library's work-precision diagram per case, and diffcore's envelope over k-diffusion's
     (module docstring)."""
     cfg = config(quick)
-    mixtures = {m.name: m for m in [REFERENCE_2D, *make_mixtures()]}
     tolerances = torch.logspace(-3, -6, WORK_PRECISION_TOLERANCES, dtype=torch.float64).tolist()
     print(f"\nWork-precision diagrams: solve |err| per dimension at {len(tolerances)} tolerances from 1e-3 to 1e-6 "
           "(NFE:error, loosest first)\n")
     summary = []
-    for process_type in cfg.processes:
-        for name, num in cfg.points.items():
-            case = Case(mixtures[name], process_type, num)
-            results = case_rows(case, tolerances, kd)
-            diagrams: dict[str, Diagram] = {}
-            for index, label in enumerate(["diffcore exact", "diffcore hutchinson", "k-diffusion hutchinson"]):
-                diagrams[label] = [(rows[index].nfe, mean_abs(rows[index].solve)) for _, rows in results]
-                points = " ".join(f"{n}:{err:.1e}" for n, err in diagrams[label])
-                print(f"- {process_type} {name}, {label}: {points}")
-            for trace in ["exact", "hutchinson"]:
-                ratios = envelope_ratios(diagrams[f"diffcore {trace}"], diagrams["k-diffusion hutchinson"])
-                summary.append((process_type, name, trace, ratios))
+    for process_type, name, case in cases(cfg):
+        results = case_rows(case, tolerances, kd)
+        diagrams: dict[str, Diagram] = {}
+        for index, label in enumerate(["diffcore exact", "diffcore hutchinson", "k-diffusion hutchinson"]):
+            diagrams[label] = [(rows[index].nfe, mean_abs(rows[index].solve)) for _, rows in results]
+            points = " ".join(f"{n}:{err:.1e}" for n, err in diagrams[label])
+            print(f"- {process_type} {name}, {label}: {points}")
+        for trace in ["exact", "hutchinson"]:
+            ratios = envelope_ratios(diagrams[f"diffcore {trace}"], diagrams["k-diffusion hutchinson"])
+            summary.append((process_type, name, trace, ratios))
     print("\n| process | mixture | diffcore trace | NFE compared | envelope over k-diffusion's: median | largest "
           "| no larger at |")
     print("|---|---|---|---|---|---|---|")

@@ -325,7 +325,6 @@ def log_likelihood(score_fn: ScoreFn, process: ForwardProcess, x: Tensor, *, opt
         seconds=seconds, trace=opts.trace, probes=k if hutchinson else 0, vectorized=divergence.vectorized)
 
 
-
 def _augmented_in_t(process: ForwardProcess, score_fn: ScoreFn,
                     divergence: _Divergence) -> Callable[[Tensor, tuple[Tensor, ...]], tuple[Tensor, ...]]:
     """``(t, (x, integral)) -> (v(x, t), div v)``: the probability-flow ODE in the process time ``t``."""
