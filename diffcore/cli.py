@@ -28,6 +28,7 @@ from diffcore.commands import bounded_int
 from diffcore.entry_points import DEBUG_ENV
 from diffcore.errors import DiffcoreError, UsageError
 from diffcore.limits import MAX_CLASSES, MAX_SAMPLES, MAX_STEPS
+from diffcore.threads import THREADS_ENV, parse_threads
 
 EXIT_USAGE = 2
 
@@ -50,19 +51,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit status: 0, 2 for bad input (one paragraph on stderr), or
     128 + the signal number when interrupted (130 for Ctrl-C)."""
     previous = _install_signal_handlers()
-    threads: int | None = None  # torch's thread count before --threads, restored at the end
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        if getattr(args, "threads", None) is not None:
-            import torch
+        if not hasattr(args, "threads"):
+            result: int = args.func(args)
+            return result
+        from diffcore.threads import cpu_threads  # imports torch
 
-            threads = torch.get_num_threads()
-            torch.set_num_threads(args.threads)
-        result: int = args.func(args)
+        with cpu_threads(args.threads):
+            result = args.func(args)
         return result
     except DiffcoreError as exc:
         _fail(str(exc), exc)
@@ -79,10 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
     finally:
         _restore_signal_handlers(previous)
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
     return EXIT_USAGE
 
 
@@ -327,8 +324,19 @@ def _budgets(text: str) -> list[int]:
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=bounded_int(1, 1024), help="CPU threads of torch (default: torch's, one per "
-                   "core); on a busy machine 1 is often several times faster for small models")
+    p.add_argument("--threads", type=_threads, metavar="N|auto",
+                   help=f"CPU threads of torch: a number, or auto (the default, or ${THREADS_ENV}): the cores other "
+                   "processes leave idle when the command starts, at most torch's own setting (one per core); on a "
+                   "busy machine more threads than idle cores can make a command tens of times slower")
+
+
+def _threads(text: str) -> int | str:
+    try:
+        value = parse_threads(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert value is not None
+    return value
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:

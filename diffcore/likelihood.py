@@ -75,6 +75,7 @@ from diffcore.noise import NoiseSource
 from diffcore.ode import SolverParams, integrate, probability_flow_velocity
 from diffcore.process import ForwardProcess, LinearGaussianProcess, ScoreFn
 from diffcore.sampler import check_finite
+from diffcore.threads import Threads, cpu_threads
 
 MAX_PROBES = 4096
 """Most Hutchinson probes per sample."""
@@ -243,7 +244,7 @@ def hutchinson_probes(options: LikelihoodOptions, shape: tuple[int, ...], *, see
 def log_likelihood(score_fn: ScoreFn, process: ForwardProcess, x: Tensor, *, options: LikelihoodOptions | None = None,
                    seed: int = 0, start: int = 0, draw: int = 0, t_start: float | None = None,
                    t_end: float | None = None,
-                   end_log_prob: Callable[[Tensor], Tensor] | None = None) -> LikelihoodResult:
+                   end_log_prob: Callable[[Tensor], Tensor] | None = None, threads: Threads = None) -> LikelihoodResult:
     """``log p(x)`` per sample, by the probability-flow ODE and the instantaneous change of variables
     (module docstring; Song et al. 2021, Sec. 4.3 and App. D.2; Chen et al. 2018; Grathwohl et al. 2019).
 
@@ -261,6 +262,8 @@ def log_likelihood(score_fn: ScoreFn, process: ForwardProcess, x: Tensor, *, opt
         t_start, t_end: the interval, default ``[process.t_min, process.T]``, within it.
         end_log_prob: ``latent (n, *event) -> (n,)``, the log-density at ``t_end``: default the process's
             prior, required when ``t_end`` is not ``process.T``.
+        threads: torch's CPU threads for the solve, a count or ``"auto"`` (default: the cores other
+            processes leave idle; :mod:`diffcore.threads`).
 
     Returns:
         :class:`LikelihoodResult`: ``log_prob`` ``(n,)`` float64 nats of ``p_{t_start}``, its parts, the
@@ -293,7 +296,7 @@ def log_likelihood(score_fn: ScoreFn, process: ForwardProcess, x: Tensor, *, opt
     dim = math.prod(x.shape[1:])
     lg = process.linear_gaussian
     began = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), cpu_threads(threads):
         zero = torch.zeros(n, k, dtype=x.dtype, device=x.device)
         if lg is None or opts.variable == "t":
             solution = integrate(_augmented_in_t(process, score_fn, divergence), (x.detach(), zero), t0, t1, opts,

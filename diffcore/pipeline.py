@@ -35,6 +35,7 @@ from diffcore.process import ForwardProcess, ScoreFn
 from diffcore.registry import Registry, get_registry
 from diffcore.sampler import Callback, Sampler, SampleResult, check_result
 from diffcore.spec import PipelineSpecBase, is_classifier_spec, load_spec
+from diffcore.threads import Threads, cpu_threads
 
 
 @dataclass
@@ -147,8 +148,8 @@ class Pipeline:
     def iter_samples(self, num: int, *, seed: int, batch_size: int | None = None, start: int = 0,
                      latents: Tensor | None = None, x_start: Tensor | None = None, t_start: float | None = None,
                      device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-                     cond: Condition | Tensor | None = None,
-                     callback: Callback | None = None) -> Iterator[tuple[int, SampleResult]]:
+                     cond: Condition | Tensor | None = None, callback: Callback | None = None,
+                     threads: Threads = None) -> Iterator[tuple[int, SampleResult]]:
         """Yield ``(first index, result)`` for chunks of at most ``batch_size`` samples.
 
         Samples ``start, ..., start + num - 1`` are drawn; sample ``i`` depends only on ``seed`` and
@@ -162,6 +163,8 @@ class Pipeline:
         :class:`~diffcore.condition.Condition` or class labels ``(num,)``, is checked before the first
         chunk and sliced along with the chunks. Each result counts the network forward passes per
         sample (``forward_passes``): a pass over ``k B`` rows of a chunk of ``B`` counts ``k``.
+        ``threads``: torch's CPU threads for each chunk, a count or ``"auto"`` (default: the cores other
+        processes leave idle; see :mod:`diffcore.threads`).
         """
         if num < 1:
             raise UsageError(f"the number of samples must be positive, got {num}")
@@ -195,14 +198,15 @@ class Pipeline:
             else:
                 x_T = self.process.prior_sample(noise, self.shape, dtype=dtype)
             chunk_cond = condition.rows(lo, hi).to(device, dtype)
-            with torch.no_grad(), count_rows(self.networks()) as rows, component_errors(self.sampler, "sampling"):
-                result = self.sampler.sample(self.score_fn(chunk_cond), process, x_T, noise, callback=callback)
-            result = check_result(result, x_T, self.sampler)
-            x = result.x
-            with torch.no_grad():
-                for g in self.guidance:
-                    with component_errors(g, "finishing the samples"):
-                        x = g.finalize(x, chunk_cond, self.process)
+            with cpu_threads(threads):
+                with torch.no_grad(), count_rows(self.networks()) as rows, component_errors(self.sampler, "sampling"):
+                    result = self.sampler.sample(self.score_fn(chunk_cond), process, x_T, noise, callback=callback)
+                result = check_result(result, x_T, self.sampler)
+                x = result.x
+                with torch.no_grad():
+                    for g in self.guidance:
+                        with component_errors(g, "finishing the samples"):
+                            x = g.finalize(x, chunk_cond, self.process)
             result = check_result(replace(result, x=x, forward_passes=rows[0] // (hi - lo)), x_T, self.sampler)
             # Sampler.sample checks finiteness (with the step and time); a sampler overriding it is checked here
             overrides_sample = type(self.sampler).sample is not Sampler.sample

@@ -18,6 +18,15 @@ from torch import Tensor
 from diffcore.model import ScoreModel
 from diffcore.process import ForwardProcess
 from diffcore.registry import reset_registry
+from diffcore.threads import THREADS_ENV
+
+TEST_THREADS = 1
+"""The suite's CPU threads per test process, in this process (torch) and in every command it starts
+(``DIFFCORE_THREADS``): one, so that no test's time depends on what else the machine runs. With
+torch's default of one thread per core, small batches ran up to 100 times slower when another
+process kept a core busy (diffcore.threads)."""
+os.environ[THREADS_ENV] = str(TEST_THREADS)
+torch.set_num_threads(TEST_THREADS)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_PLUGIN = ROOT / "tests" / "plugins" / "diffcore-example"
@@ -126,32 +135,13 @@ def run_cli(*args: str, extra_paths: list[Path] = (), env: dict[str, str] | None
             cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """Run ``python -m diffcore ARGS`` in a subprocess with extra ``PYTHONPATH`` entries."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFCORE_")}
+    full_env[THREADS_ENV] = str(TEST_THREADS)
     paths = [str(p) for p in extra_paths] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else [])
     if paths:
         full_env["PYTHONPATH"] = os.pathsep.join(paths)
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "diffcore", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=600)
-
-
-@contextlib.contextmanager
-def torch_threads(num: int = 1) -> Iterator[None]:
-    """Torch on ``num`` CPU threads inside the block. Small batches on busy shared cores ran several
-    times slower with more threads here (a 16-D guidance run: 18 s with torch's default, 2 to 3 s with
-    one; the demo: up to 50 times)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(num)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    """:func:`torch_threads` (1) for a whole test module: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    with torch_threads(1):
-        yield
 
 
 def run_main(*args: str) -> tuple[int, str, str]:

@@ -5,7 +5,7 @@ that cross-entropy training at perturbed data recovers the exact class posterior
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -38,16 +38,6 @@ def vp() -> LinearGaussianProcess:
     process = REGISTRY.build("process", "vp")
     assert isinstance(process, LinearGaussianProcess)
     return process
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny layers are dominated by thread synchronisation: on a loaded 2-core machine a step of the
-    small MLP takes 170 ms with 2 intra-op threads and 1 ms with 1."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _perturb(net: NoiseClassifier) -> NoiseClassifier:

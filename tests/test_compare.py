@@ -20,8 +20,6 @@ from diffcore.metrics import energy_distance
 from diffcore.pipeline import Pipeline
 from diffcore.registry import get_registry
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 EXAMPLE = ROOT / "examples" / "gmm2d.yaml"
 
 

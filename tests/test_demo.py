@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, run_main, torch_threads
+from conftest import ROOT, run_main
 
 from diffcore.spec import validate_spec
 from diffcore_demo import demo
@@ -76,8 +76,7 @@ def test_demo_writes_pictures_and_report(demo_run: tuple[Path, str]) -> None:
 def test_demo_run_folder_samples_with_the_cli(demo_run: tuple[Path, str], tmp_path: Path) -> None:
     out, _ = demo_run
     samples = tmp_path / "x.npy"
-    with torch_threads(1):
-        code, _, err = run_main("sample", str(out / "run"), "--num", "500", "--steps", "50", "--out", str(samples))
+    code, _, err = run_main("sample", str(out / "run"), "--num", "500", "--steps", "50", "--out", str(samples))
     assert code == 0, err
     x = np.load(samples)
     assert x.shape == (500, 2) and np.isfinite(x).all()

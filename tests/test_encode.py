@@ -58,7 +58,6 @@ PROCESS_PARAMS = {"ve": {"sigma_max": 100.0}}
 only the latent check starts from the prior, the rest from exact draws."""
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pipeline(process: str, sampler: str = "probability_flow", mixture: dict[str, Any] = REFERENCE_MIXTURE,

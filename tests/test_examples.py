@@ -231,7 +231,6 @@ def test_example_validates_and_documents_its_commands(path: Path) -> None:
         assert header.startswith("# "), f"{path.name}: the first line is not a comment saying what it does"
 
 
-@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs_its_documented_commands(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "examples").symlink_to(EXAMPLES_DIR)

@@ -61,7 +61,6 @@ independent exact draw sets of the same size, over 10 replicates): the conventio
 the U-statistic having mean zero)."""
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PROCESS_PARAMS = {"ve": {"sigma_max": 100.0}}

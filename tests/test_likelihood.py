@@ -52,7 +52,6 @@ FLOW_BOUND = 1e-3
 tolerances of 1e-5, see :data:`LikelihoodOptions`); a tenth of the target."""
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def setup(process_name: str, mixture: dict[str, Any] = REFERENCE_MIXTURE,

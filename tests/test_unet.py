@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,16 +11,6 @@ from diffcore.errors import SpecError
 from diffcore_backbones.unet import UNet
 
 SMALL = {"channels": 16, "num_res_blocks": 1}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny convolutions are dominated by thread synchronisation: on a loaded 2-core machine the
-    overfit test takes minutes with 2 intra-op threads and seconds with 1."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _inputs(batch: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,6 +32,8 @@ from diffcore.model import ScoreModel
 from diffcore.noise import BatchNoise, NoiseSource
 from diffcore.objective import Objective
 from diffcore.process import ForwardProcess
+from diffcore.threads import Recheck, Threads, cpu_threads
+from diffcore.threads import requested as requested_threads
 from diffcore.training.checkpoint import (
     check_tensors,
     latest_checkpoint,
@@ -92,7 +94,10 @@ class Trainer(Generic[Network]):
 
     ``transform(batch, noise)`` is applied to every batch (dataset dequantisation); ``metadata``
     (JSON values) is saved with every checkpoint; ``world`` (default: the current process group, if
-    any) selects DistributedDataParallel training. ``run(until)``
+    any) selects DistributedDataParallel training; ``threads``, torch's CPU threads while training (a
+    count, or ``"auto"``, the default: the cores other processes leave idle, measured again every 30 s;
+    :mod:`diffcore.threads`; the float summation order, and so the last bits of the weights, can
+    depend on the count: fix it for a bitwise-reproducible run). ``run(until)``
     trains to step ``until``; ``save(run_dir)`` writes an atomic checkpoint and
     ``load(path)`` restores one, so a run resumed from a checkpoint ends bitwise equal to an
     uninterrupted run (same device and library versions): the checkpoint holds the global torch,
@@ -107,7 +112,7 @@ class Trainer(Generic[Network]):
                  config: TrainConfig | None = None, *, labels: Tensor | None = None,
                  spec: dict[str, Any] | None = None,
                  transform: Callable[[Tensor, NoiseSource], Tensor] | None = None,
-                 world: World | None = None, metadata: dict[str, Any] | None = None) -> None:
+                 world: World | None = None, metadata: dict[str, Any] | None = None, threads: Threads = None) -> None:
         self.config = cfg = config or TrainConfig()
         check_compatible(objective, process)
         check_compatible(model, process)
@@ -118,6 +123,8 @@ class Trainer(Generic[Network]):
         # saved with every checkpoint, so that `diffcore sample RUN` can rebuild the model
         self.spec = spec if spec is not None else components_spec(model, objective, process, cfg)
         self.metadata = metadata or {}  # saved with every checkpoint (JSON values), e.g. the data scaling
+        self.threads = threads  # torch's CPU threads while training (diffcore.threads); checked now, used by run
+        requested_threads(threads)
         self.world = world or current_world(data.device)
         if cfg.batch_size % self.world.size:
             raise UsageError(f"train.batch_size {cfg.batch_size} is not divisible by the {self.world.size} "
@@ -244,8 +251,10 @@ class Trainer(Generic[Network]):
         on the main process (previews, logs)."""
         until = self.config.steps if until is None else until
         held = hold_run_dir(Path(run_dir), self.world) if run_dir is not None else contextlib.nullcontext()
-        with held:
+        recheck = Recheck()
+        with held, cpu_threads(self.threads):
             while self.step < until:
+                recheck()
                 loss = self.train_step()
                 if on_step is not None:
                     on_step(self.step, loss)
