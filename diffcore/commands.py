@@ -20,16 +20,18 @@ import pluggy
 
 from diffcore import hookspecs
 from diffcore.entry_points import (
+    COMMAND_GROUP,
     PLUGIN_FAILURES,
     STRICT_ENV,
     describe_exception,
     distribution,
     entry_points,
     strict_from_env,
+    wanted_plugins,
 )
 from diffcore.errors import PluginError
 
-ENTRY_POINT_GROUP = "diffcore.commands"
+ENTRY_POINT_GROUP = COMMAND_GROUP
 
 Subparsers = argparse._SubParsersAction  # the type `add_subparsers` returns
 
@@ -47,11 +49,15 @@ class CommandPlugin:
 
 def load_command_plugins(subparsers: Subparsers[argparse.ArgumentParser], *,
                          strict: bool | None = None) -> list[CommandPlugin]:
-    """Load every plugin of the ``diffcore.commands`` group (sorted by name) and let each add its
-    commands to ``subparsers``; an entry-point name declared by two distributions loads the first."""
+    """Load every plugin of the ``diffcore.commands`` group (sorted by name; those named in
+    ``DIFFCORE_LOAD_PLUGINS`` where it is set) and let each add its commands to ``subparsers``; an
+    entry-point name declared by two distributions loads the first."""
     strict = strict_from_env() if strict is None else strict
     plugins: list[CommandPlugin] = []
+    wanted = wanted_plugins()
     for ep, loaded_from in entry_points(ENTRY_POINT_GROUP):
+        if wanted is not None and ep.name not in wanted:
+            continue
         info = CommandPlugin(ep.name, *distribution(ep))
         plugins.append(info)
         if loaded_from is not None:

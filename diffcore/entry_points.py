@@ -14,6 +14,13 @@ DEBUG_ENV = "DIFFCORE_DEBUG"
 """Set (to anything but ``0``) to make the command line print the traceback behind an error."""
 STRICT_ENV = "DIFFCORE_STRICT_PLUGINS"
 """Set (to anything but ``0``) to make every plugin error fatal."""
+LOAD_ENV = "DIFFCORE_LOAD_PLUGINS"
+"""Comma-separated entry-point names: load only the plugins of these names, component and command
+plugins alike (set but empty: none). Unset: every installed plugin."""
+COMPONENT_GROUP = "diffcore"
+"""The entry-point group of component plugins (:mod:`diffcore.registry`)."""
+COMMAND_GROUP = "diffcore.commands"
+"""The entry-point group of command plugins (:mod:`diffcore.commands`)."""
 
 
 PLUGIN_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt, GeneratorExit)
@@ -25,6 +32,13 @@ error instead of ending the program: every exception, ``SystemExit`` too (a plug
 def strict_from_env() -> bool:
     """Whether :data:`STRICT_ENV` asks for plugin errors to raise."""
     return os.environ.get(STRICT_ENV, "") not in ("", "0")
+
+
+def wanted_plugins() -> set[str] | None:
+    """The plugin names :data:`LOAD_ENV` selects, or ``None`` (unset: all)."""
+    if LOAD_ENV not in os.environ:
+        return None
+    return {n.strip() for n in os.environ[LOAD_ENV].split(",") if n.strip()}
 
 
 def distribution(ep: metadata.EntryPoint) -> tuple[str | None, str | None]:

@@ -6,7 +6,8 @@ registers something invalid is recorded (and shown by ``diffcore plugins``) whil
 works. Environment variables:
 
 - ``DIFFCORE_STRICT_PLUGINS=1``: any plugin error raises :class:`~diffcore.errors.PluginError`;
-- ``DIFFCORE_LOAD_PLUGINS=a,b``: load only the entry points named ``a`` and ``b`` (empty: none).
+- ``DIFFCORE_LOAD_PLUGINS=a,b``: load only the plugins named ``a`` and ``b``, component and command
+  plugins alike (empty: none).
 
 The standard components register through exactly this path: they are plugins like any other.
 """
@@ -14,7 +15,6 @@ The standard components register through exactly this path: they are plugins lik
 from __future__ import annotations
 
 import inspect
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,12 +27,16 @@ from diffcore.classifier import NoiseClassifier
 from diffcore.component import Component, Params, component_errors
 from diffcore.data import Dataset
 from diffcore.entry_points import (
+    COMMAND_GROUP,
+    COMPONENT_GROUP,
+    LOAD_ENV,
     PLUGIN_FAILURES,
     STRICT_ENV,
     describe_exception,
     distribution,
     entry_points,
     strict_from_env,
+    wanted_plugins,
 )
 from diffcore.errors import PluginError, RegistryError
 from diffcore.guidance import Guidance
@@ -42,8 +46,7 @@ from diffcore.objective import Objective
 from diffcore.process import ForwardProcess
 from diffcore.sampler import Sampler
 
-ENTRY_POINT_GROUP = "diffcore"
-LOAD_ENV = "DIFFCORE_LOAD_PLUGINS"
+ENTRY_POINT_GROUP = COMPONENT_GROUP
 
 KINDS: dict[str, type[Component]] = {
     "process": ForwardProcess,
@@ -113,10 +116,8 @@ class Registry:
 
     def load_entry_points(self) -> None:
         """Load every plugin of the ``diffcore`` entry-point group, honouring ``DIFFCORE_LOAD_PLUGINS``."""
-        wanted: set[str] | None = None
-        if LOAD_ENV in os.environ:
-            wanted = {n.strip() for n in os.environ[LOAD_ENV].split(",") if n.strip()}
-        found: set[str] = set()
+        wanted = wanted_plugins()
+        found = {ep.name for ep, _ in entry_points(COMMAND_GROUP)}  # a command plugin's name is no typo
         for ep, loaded_from in entry_points(ENTRY_POINT_GROUP):
             found.add(ep.name)
             if wanted is not None and ep.name not in wanted:

@@ -9,12 +9,14 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor
 
+from diffcore.entry_points import COMMAND_GROUP, COMPONENT_GROUP, LOAD_ENV
 from diffcore.model import ScoreModel
 from diffcore.process import ForwardProcess
 from diffcore.registry import reset_registry
@@ -30,6 +32,37 @@ torch.set_num_threads(TEST_THREADS)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_PLUGIN = ROOT / "tests" / "plugins" / "diffcore-example"
+
+
+def _standard_plugins() -> list[str]:
+    """The plugins of the standard distributions (``plugins/*``), components and commands, by entry-point name."""
+    names: set[str] = set()
+    for pyproject in sorted((ROOT / "plugins").glob("*/pyproject.toml")):
+        declared = tomllib.loads(pyproject.read_text())["project"].get("entry-points", {})
+        names.update(*(declared.get(group, {}) for group in (COMPONENT_GROUP, COMMAND_GROUP)))
+    return sorted(names)
+
+
+STANDARD_PLUGINS = _standard_plugins()
+"""The suite loads exactly these plugins (``DIFFCORE_LOAD_PLUGINS``), in this process and in
+the commands it runs, plus those a test brings (:func:`load_plugins`, ``run_cli(extra_paths=)``): what
+a user installed beside diffcore (a third-party plugin, a broken one) cannot change a result."""
+os.environ[LOAD_ENV] = ",".join(STANDARD_PLUGINS)
+
+
+def plugins_in(*sites: Path) -> list[str]:
+    """Entry-point names of the plugins of the distributions in the ``sites`` folders."""
+    dists = metadata.distributions(path=[str(site) for site in sites])
+    groups = (COMPONENT_GROUP, COMMAND_GROUP)
+    return sorted({ep.name for dist in dists for ep in dist.entry_points if ep.group in groups})
+
+
+def load_plugins(monkeypatch: pytest.MonkeyPatch, *sites: Path) -> None:
+    """Put ``sites`` on ``sys.path`` as installed distributions and let diffcore load their plugins
+    beside the standard ones."""
+    for site in sites:
+        monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv(LOAD_ENV, ",".join(STANDARD_PLUGINS + plugins_in(*sites)))
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 class DoubleWell(ForwardProcess):
@@ -133,9 +166,11 @@ def fresh_global_registry() -> Iterator[None]:
 
 def run_cli(*args: str, extra_paths: list[Path] = (), env: dict[str, str] | None = None,  # type: ignore[assignment]
             cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m diffcore ARGS`` in a subprocess with extra ``PYTHONPATH`` entries."""
+    """Run ``python -m diffcore ARGS`` in a subprocess with extra ``PYTHONPATH`` entries, loading the
+    standard plugins and those of the ``extra_paths`` distributions (``env`` may say otherwise)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFCORE_")}
     full_env[THREADS_ENV] = str(TEST_THREADS)
+    full_env[LOAD_ENV] = ",".join(STANDARD_PLUGINS + plugins_in(*extra_paths))
     paths = [str(p) for p in extra_paths] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else [])
     if paths:
         full_env["PYTHONPATH"] = os.pathsep.join(paths)

@@ -6,6 +6,7 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import load_plugins, write_distribution
 
 import diffcore
 from diffcore import PluginError, Registry, RegistryError, hookimpl
@@ -163,7 +164,7 @@ def test_fixture_unregistered_afterwards() -> None:
 
 
 def test_broken_and_duplicate_plugins_from_entry_points(broken_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(broken_site))
+    load_plugins(monkeypatch, broken_site)
     monkeypatch.delenv("DIFFCORE_STRICT_PLUGINS", raising=False)
     registry = Registry()
     registry.load_entry_points()
@@ -175,7 +176,7 @@ def test_broken_and_duplicate_plugins_from_entry_points(broken_site: Path, monke
 
 
 def test_load_plugins_env_selects_entry_points(broken_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(broken_site))
+    monkeypatch.syspath_prepend(str(broken_site))  # the variable below chooses what loads
     monkeypatch.setenv("DIFFCORE_LOAD_PLUGINS", "processes,samplers")
     registry = Registry()
     registry.load_entry_points()
@@ -192,10 +193,9 @@ def test_load_plugins_env_selects_entry_points(broken_site: Path, monkeypatch: p
 
 
 def test_entry_point_name_taken_by_two_distributions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from conftest import write_distribution
     source = "from diffcore import hookimpl\n\n@hookimpl\ndef diffcore_register(register):\n    pass\n"
     write_distribution(tmp_path, "diffcore-aaa", "1.0", {"samplers": "aaa_mod"}, {"aaa_mod": source})
-    monkeypatch.syspath_prepend(str(tmp_path))
+    load_plugins(monkeypatch, tmp_path)
     registry = Registry(strict=False)
     registry.load_entry_points()
     [error] = registry.errors()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLE_PLUGIN, ROOT, run_cli, write_distribution
+from conftest import EXAMPLE_PLUGIN, ROOT, load_plugins, run_cli, write_distribution
 
 from diffcore import Registry
 from diffcore.pipeline import Pipeline
@@ -37,8 +37,7 @@ sampler: {type: euler_maruyama, steps: 200}
 
 @pytest.fixture
 def example_registry(example_plugin_paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> Registry:
-    for path in example_plugin_paths:
-        monkeypatch.syspath_prepend(str(path))
+    load_plugins(monkeypatch, *example_plugin_paths)
     registry = Registry()
     registry.load_entry_points()
     return registry
