@@ -30,6 +30,8 @@ class Guidance(Component, abc.ABC):
 
     - :attr:`needs`: the :class:`~diffcore.condition.Condition` fields read (``labels``, ``mask``,
       ``observed``); sampling without one of them is refused before the first step;
+    - :attr:`reads`: the fields read when given, ``needs`` and the optional ones (default: ``needs``);
+      a field that neither the model nor any guidance reads is refused, not silently ignored;
     - :meth:`check`: refuse, when the pipeline is assembled, a model or data shape this guidance
       cannot work with (raise :class:`~diffcore.errors.CompatibilityError` saying what to change);
       process capabilities go in ``requires``, as for every component;
@@ -42,6 +44,7 @@ class Guidance(Component, abc.ABC):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
+    reads: ClassVar[frozenset[str] | None] = None  # None: the same as needs
 
     def check(self, model: ScoreModel, process: ForwardProcess, shape: tuple[int, ...]) -> None:
         """Called once when a pipeline is assembled with ``model``, ``process`` and the sample ``shape``."""

@@ -135,7 +135,24 @@ class Pipeline:
                 raise UsageError(f"guidance {g.name!r} needs {' and '.join(missing)}: {how}")
             with component_errors(g, "checking the condition"):
                 g.check_condition(cond)
+        unread = sorted(cond.given() - self.condition_reads())
+        if unread:
+            them = "it" if len(unread) == 1 else "them"
+            state = "" if self.model.conditional else " is unconditional"
+            raise UsageError(
+                f"the condition has {' and '.join(unread)}, but nothing in this pipeline reads {them} (model "
+                f"{self.model.name!r}{state}; guidance: {', '.join(g.name for g in self.guidance) or 'none'}): use "
+                f"{'; '.join(_USED_BY[f] for f in unread if f in _USED_BY) or 'a guidance that reads ' + them}, "
+                f"or leave {them} out")
         self._check_labels(cond)
+
+    def condition_reads(self) -> frozenset[str]:
+        """The condition fields this pipeline reads: labels for a class-conditional model, and what
+        each guidance reads (:attr:`~diffcore.guidance.Guidance.reads`)."""
+        read = {"labels"} if self.model.conditional else set()
+        for g in self.guidance:
+            read |= g.needs if g.reads is None else g.reads
+        return frozenset(read)
 
     def _check_labels(self, cond: Condition) -> None:
         null = self.model.null_label
@@ -265,6 +282,11 @@ class Pipeline:
                             seconds=sum(p.seconds for p in parts))
 
 
+_USED_BY = {
+    "labels": "a class-conditional model, or guidance cfg or classifier, for labels",
+    "mask": "guidance inpaint or dps for a mask",
+    "observed": "guidance inpaint or dps for observed values",
+}
 _HOW_TO_GIVE = {
     "labels": "pass --label Y or --labels LABELS.npy to `diffcore sample` (Python: cond=Condition(labels=...))",
     "mask": "pass --mask MASK.npy (True where observed) to `diffcore sample` (Python: Condition(mask=...))",

@@ -260,3 +260,36 @@ def test_sampling_with_noise_source_keeps_guided_samples_chunk_independent() -> 
     parts = torch.cat([r.x for _, r in pipe.iter_samples(10, seed=3, cond=labels, batch_size=4)])
     assert torch.equal(whole, parts)
     assert NoiseSource.range(3, 0, 10).batch_size == 10
+
+
+# --- inputs nothing reads ---------------------------------------------------------------------------
+
+
+def test_a_condition_nothing_reads_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Labels for an unconditional model, a mask or observed values with no guidance that reads them:
+    refused before sampling, naming the field and what would read it (they used to be ignored)."""
+    unconditional = Pipeline.from_spec(spec([], labels=False))
+    with pytest.raises(UsageError, match=r"the condition has labels, but nothing in this pipeline reads it "
+                       r"\(model 'gmm' is unconditional; guidance: none\)"):
+        unconditional.sample(4, seed=0, cond=torch.zeros(4, dtype=torch.long))
+    mask, observed = torch.ones(4, 2, dtype=torch.bool), torch.zeros(4, 2)
+    with pytest.raises(UsageError, match="has mask and observed, but nothing .* guidance inpaint or dps"):
+        Pipeline.from_spec(spec([])).sample(4, seed=0, cond=Condition(labels=torch.zeros(4, dtype=torch.long),
+                                                                       mask=mask, observed=observed))
+    # dps reads a mask when given (without a matrix it needs one); cfg reads labels: all accepted
+    dps = Pipeline.from_spec(spec([{"type": "dps", "scale": 0.1, "noise_std": 0.5}]))
+    assert dps.condition_reads() == {"labels", "mask", "observed"}
+    assert dps.sample(4, seed=0, cond=Condition(mask=mask, observed=observed)).x.shape == (4, 2)
+
+    np.save(tmp_path / "mask.npy", np.ones(2, bool))
+    np.save(tmp_path / "observed.npy", np.zeros(2, np.float32))
+    np.save(tmp_path / "labels.npy", np.zeros(3, np.int64))
+    gmm = tmp_path / "gmm.yaml"
+    gmm.write_text(yaml.safe_dump(spec([], labels=False)))
+    for extra, field in ((["--label", "1"], "labels"), (["--labels", str(tmp_path / "labels.npy")], "labels"),
+                         (["--mask", str(tmp_path / "mask.npy")], "mask"),
+                         (["--observed", str(tmp_path / "observed.npy")], "observed")):
+        out = tmp_path / "x.npy"
+        code, _, err = cli(capsys, "sample", str(gmm), "--num", "3", "--out", str(out), *extra)
+        assert code == 2 and f"the condition has {field}, but nothing in this pipeline reads it" in err, err
+        assert not out.exists()

@@ -57,6 +57,7 @@ class PosteriorSampling(Guidance):
     params: DPSParams
     requires = frozenset({LINEAR_GAUSSIAN})
     needs = frozenset({"observed"})  # and the mask, without a matrix (check_condition)
+    reads = frozenset({"observed", "mask"})
 
     def __init__(self, params: DPSParams | None = None, /, **kwargs: object) -> None:
         super().__init__(params, **kwargs)
