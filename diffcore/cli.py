@@ -533,6 +533,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(result.to_table(), end="")
         if args.plot is not None:
             print(f"wrote {args.plot}")
+    if not any(row.nfe is not None for row in result.rows):
+        from diffcore.errors import SamplingError
+
+        notes = sorted({row.note for row in result.rows if row.note})
+        raise SamplingError(f"no sampler produced samples at any budget ({len(result.rows)} runs); "
+                            f"{'first reason: ' + notes[0] if notes else 'see the table'}")
     return 0
 
 

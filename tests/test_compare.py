@@ -131,6 +131,10 @@ def test_cli(tmp_path: Path, double_well_plugin: None) -> None:
     assert all(r["nfe"] <= 5 for r in data["rows"])
     code, out, err = run_main("compare", str(EXAMPLE), "--samplers", "ddim", "--budgets", "4", "--num", "100")
     assert code == 0 and "NFE <= 4" in out and "best per budget" in out
+    # every run failed: the table says why, and the exit status is not success
+    code, out, err = run_main("compare", str(EXAMPLE), "--samplers", "heun", "--budgets", "1", "--num", "50")
+    assert code == 2 and "its smallest size needs more than 1 NFE" in out
+    assert "no sampler produced samples at any budget (1 runs)" in err
     code, _, err = run_main("compare", str(EXAMPLE), "--samplers", "eular")
     assert code == 2 and "no sampler named 'eular'" in err and "euler_maruyama" in err and "\n" not in err.strip()
     code, _, err = run_main("compare", str(EXAMPLE), "--budgets", "0,5")
