@@ -48,7 +48,7 @@ from torch import Tensor
 
 from diffcore.condition import Condition
 from diffcore.distributed import World, current_world
-from diffcore.errors import UsageError
+from diffcore.errors import StepLimitError, UsageError
 from diffcore.inputs import load_npy
 from diffcore.likelihood import LikelihoodConfig, LikelihoodResult, log_likelihood
 from diffcore.model import score_function
@@ -179,8 +179,11 @@ def data_log_likelihood(pipe: Pipeline, x: Tensor, *, config: LikelihoodConfig |
             raw = rows + width * _dequantization_noise(seed, lo, hi, tuple(x.shape[1:]), k, device) \
                 if discrete else rows
             model_x = (raw - shift) * mult
-            result = log_likelihood(lambda z, t, c=cond: conditional(z, t, c), process, model_x.to(dtype),
-                                    options=cfg, seed=seed, start=lo, draw=k)
+            try:
+                result = log_likelihood(lambda z, t, c=cond: conditional(z, t, c), process, model_x.to(dtype),
+                                        options=cfg, seed=seed, start=lo, draw=k)
+            except StepLimitError as exc:
+                raise StepLimitError(f"rows {lo} to {hi - 1}: {exc}. {_largest_rows(model_x, lo)}", t=exc.t) from exc
             counts[0] = max(int(counts[0]), result.nfe)
             counts[1] += 1
             values.append(_per_probe(result) + log_det + bin_log_volume)
@@ -219,6 +222,16 @@ def _model_dtype(pipe: Pipeline) -> torch.dtype:
     """The floating dtype of the model's parameters or buffers (float32 when it has none)."""
     tensors = [*pipe.model.parameters(), *pipe.model.buffers()]
     return next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+
+
+def _largest_rows(model_x: Tensor, lo: int, count: int = 3) -> str:
+    """The rows of ``model_x`` (model range, first row ``lo``) farthest from the origin, named for an
+    error: the usual cause of a stiff solve is a row far outside the data's range."""
+    norms = model_x.reshape(model_x.shape[0], -1).abs().amax(1)
+    top = torch.topk(norms, min(count, norms.numel())).indices.tolist()
+    named = ", ".join(f"row {lo + i} (largest |value| {float(norms[i]):.3g})" for i in top)
+    return (f"Farthest from the data's range (the model's range, where data lie within a few units): {named}; "
+            "drop or fix such rows, or set likelihood.max_steps")
 
 
 def _check_data(pipe: Pipeline, x: Tensor, labels: Tensor | None) -> None:

@@ -70,3 +70,11 @@ class NonFiniteError(SamplingError):
         self.step = step
         self.t = t
         self.evaluation = evaluation
+
+
+class StepLimitError(SamplingError):
+    """An adaptive ODE solve reached its step limit (``max_steps``); ``t`` is where it stopped."""
+
+    def __init__(self, message: str, *, t: float) -> None:
+        super().__init__(message)
+        self.t = t

@@ -25,7 +25,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from diffcore.component import Params
-from diffcore.errors import UsageError
+from diffcore.errors import StepLimitError, UsageError
 from diffcore.limits import Steps, Tolerance
 from diffcore.process import ForwardProcess, ScoreFn
 
@@ -35,6 +35,9 @@ FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implic
 """torchdiffeq's fixed-grid methods: ``steps`` uniform steps."""
 DEFAULT_STEPS = 100
 """Uniform steps of a fixed-grid method when ``steps`` is not given."""
+MAX_ADAPTIVE_STEPS = 10_000
+"""Default bound on an adaptive solve's steps: solves at rtol 1e-5 take tens to hundreds, reference
+solves at 1e-10 a few thousand."""
 
 State = TypeVar("State", Tensor, tuple[Tensor, ...])
 """An ODE state: one tensor, or a tuple of tensors of one dtype (an augmented state, e.g. ``(x, log-det)``)."""
@@ -51,6 +54,9 @@ class SolverParams(Params):
     rtol: Tolerance = Field(1e-5, description="Relative tolerance (adaptive methods).")
     atol: Tolerance = Field(1e-5, description="Absolute tolerance (adaptive methods).")
     steps: Steps | None = Field(None, description=f"Uniform steps (fixed methods; default {DEFAULT_STEPS}).")
+    max_steps: Steps = Field(MAX_ADAPTIVE_STEPS, description="Most steps, accepted and rejected, of an adaptive "
+                             "method before the solve stops with an error (data far outside the model's range "
+                             "or a stiff model would otherwise run without bound).")
 
     @model_validator(mode="after")
     def _steps_only_for_fixed(self) -> SolverParams:
@@ -97,11 +103,25 @@ class _CountedSteps(_Counted):
     """:class:`_Counted` that also counts an adaptive method's accepted and rejected steps through
     torchdiffeq's callbacks (looked up on the function it is given; fixed-grid solvers warn about them)."""
 
+    def __init__(self, velocity: Callable[[Tensor, Any], Any], max_steps: int) -> None:
+        super().__init__(velocity)
+        self.max_steps = max_steps
+
     def callback_accept_step(self, t0: Tensor, y0: Any, dt: Tensor) -> None:
         self.accepted += 1
+        self._check(t0, dt)
 
     def callback_reject_step(self, t0: Tensor, y0: Any, dt: Tensor) -> None:
         self.rejected += 1
+        self._check(t0, dt)
+
+    def _check(self, t0: Tensor, dt: Tensor) -> None:
+        if self.accepted + self.rejected >= self.max_steps:
+            raise StepLimitError(f"the adaptive ODE solve took {self.max_steps} steps ({self.rejected} rejected, "
+                                 f"{self.nfe} evaluations) and was stopped at t = {float(t0):.6g} with step "
+                                 f"{float(dt):.3g}: the velocity is stiff or huge there (data far outside the model's "
+                                 "range?); check the inputs, or raise max_steps or loosen rtol/atol",
+                                 t=float(t0))
 
 
 def integrate(velocity: Callable[[Tensor, State], State], state: State, t_start: float, t_end: float,
@@ -130,7 +150,7 @@ def integrate(velocity: Callable[[Tensor, State], State], state: State, t_start:
     if t_start == t_end:
         raise UsageError(f"an ODE solve needs t_start != t_end; both are {t_start}")
     first = state if isinstance(state, Tensor) else state[0]
-    counted = _CountedSteps(velocity) if p.adaptive else _Counted(velocity)
+    counted = _CountedSteps(velocity, p.max_steps) if p.adaptive else _Counted(velocity)
     if p.adaptive:
         times = torch.tensor([t_start, t_end], device=first.device, dtype=torch.float64)
         atol: float | tuple[float, ...] = p.atol

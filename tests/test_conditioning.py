@@ -273,7 +273,7 @@ def test_a_condition_nothing_reads_is_refused(tmp_path: Path, capsys: pytest.Cap
                        r"\(model 'gmm' is unconditional; guidance: none\)"):
         unconditional.sample(4, seed=0, cond=torch.zeros(4, dtype=torch.long))
     mask, observed = torch.ones(4, 2, dtype=torch.bool), torch.zeros(4, 2)
-    with pytest.raises(UsageError, match="has mask and observed, but nothing .* guidance inpaint or dps"):
+    with pytest.raises(UsageError, match=r"has mask and observed, but nothing .* guidance inpaint or dps"):
         Pipeline.from_spec(spec([])).sample(4, seed=0, cond=Condition(labels=torch.zeros(4, dtype=torch.long),
                                                                        mask=mask, observed=observed))
     # dps reads a mask when given (without a matrix it needs one); cfg reads labels: all accepted

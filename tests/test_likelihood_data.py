@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from scipy.special import log_ndtr, logsumexp  # type: ignore[import-untyped]
 
 from diffcore import Pipeline, get_registry
@@ -159,3 +160,23 @@ def test_bad_data_are_refused_with_the_fix(tmp_path: Path) -> None:
     done = run_cli("likelihood", str(spec), "--data", str(tmp_path / "x.npy"), "--set", "likelihood.probes=4")
     assert done.returncode != 0
     assert "likelihood" in done.stderr and "hutchinson" in done.stderr
+
+
+def test_a_solve_past_its_step_limit_names_the_rows(tmp_path: Path) -> None:
+    """Rows far outside the data's range make the ODE stiff: the solve stops at ``max_steps`` with an
+    error naming the farthest rows, instead of running without bound; in-range data need far fewer
+    (about 20 steps here, against over 200 for the scaled rows)."""
+    example = ROOT / "examples" / "gmm2d.yaml"
+    model = yaml.safe_load(example.read_text())["model"]
+    x = draw_mixture(60, 0, *(np.array(model[k]) for k in ("weights", "means", "variances")))
+    x[20:] *= 1e10
+    data = tmp_path / "x.npy"
+    np.save(data, x)
+    proc = run_cli("likelihood", str(example), "--data", str(data), "--set", "likelihood.max_steps=40")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "rows 0 to 59: the adaptive ODE solve took 40 steps" in proc.stderr
+    named = [int(row) for row in re.findall(r"row (\d+) \(largest \|value\| [0-9.]+e\+10\)", proc.stderr)]
+    assert len(named) == 3 and min(named) >= 20, proc.stderr
+    np.save(data, x[:20])
+    proc = run_cli("likelihood", str(example), "--data", str(data), "--set", "likelihood.max_steps=40")
+    assert proc.returncode == 0, proc.stderr
