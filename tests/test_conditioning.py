@@ -101,7 +101,8 @@ def test_forward_passes_show_the_doubled_batch() -> None:
 def test_guidance_interval_switches_guidance_off_outside() -> None:
     labels = torch.zeros(16, dtype=torch.long)
     plain = Pipeline.from_spec(spec([{"type": "cfg", "scale": 0.0}])).sample(16, seed=1, cond=labels)
-    never = Pipeline.from_spec(spec([{"type": "cfg", "scale": 5.0, "interval": [2.0, 3.0]}])).sample(
+    # between two of ddim's 20 grid times (1, 0.950, ...): the score is never evaluated inside it
+    never = Pipeline.from_spec(spec([{"type": "cfg", "scale": 5.0, "interval": [0.96, 0.99]}])).sample(
         16, seed=1, cond=labels)
     assert torch.equal(never.x, plain.x) and never.forward_passes == 20
     always = Pipeline.from_spec(spec([{"type": "cfg", "scale": 5.0, "interval": [0.0, 1.0]}])).sample(
@@ -293,3 +294,12 @@ def test_a_condition_nothing_reads_is_refused(tmp_path: Path, capsys: pytest.Cap
         code, _, err = cli(capsys, "sample", str(gmm), "--num", "3", "--out", str(out), *extra)
         assert code == 2 and f"the condition has {field}, but nothing in this pipeline reads it" in err, err
         assert not out.exists()
+
+
+@pytest.mark.parametrize("guidance", [{"type": "cfg", "scale": 2.0}, {"type": "dps", "scale": 0.1, "noise_std": 0.5}])
+def test_a_guidance_interval_outside_the_process_times_is_refused(guidance: dict[str, object]) -> None:
+    """An interval that never meets [t_min, T] used to be accepted and never act: unguided samples."""
+    with pytest.raises(CompatibilityError, match=r"`interval` \[5, 10\] does not meet the times of process 'vp', "
+                       r"\[0.001, 1\], so the guidance would never act"):
+        Pipeline.from_spec(spec([{**guidance, "interval": [5.0, 10.0]}]))
+    assert Pipeline.from_spec(spec([{**guidance, "interval": [0.5, 10.0]}])).guidance  # overlapping: fine

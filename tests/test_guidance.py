@@ -324,18 +324,20 @@ def test_forward_passes() -> None:
 
 
 @pytest.mark.parametrize("sampler", [(STOCHASTIC, {"steps": 40}), (DETERMINISTIC, {"steps": 20})])
-def test_interval_outside_every_time_is_no_guidance(sampler: tuple[str, dict[str, Any]]) -> None:
-    """``interval: [2, 3]`` lies past ``T = 1``: ``cfg`` at ``w = 5`` is then ``w = 0`` exactly, at one
-    forward pass per evaluation; an interval covering every time changes the samples."""
+def test_interval_limits_guidance_to_its_times(sampler: tuple[str, dict[str, Any]]) -> None:
+    """``interval: [0.5, 1]``: ``cfg`` at ``w = 5`` costs two forward passes per evaluation inside it and
+    one outside, and changes the samples; an interval past ``T = 1`` (``[2, 3]``), which would never act,
+    is refused (tests/test_conditioning.py) rather than silently giving unguided samples."""
     labels = torch.tensor([0, 1] * 32)
     plain = pipeline("vp", sampler, LABELLED_MIXTURE, [{"type": "cfg", "scale": 0.0}]).sample(64, seed=3, cond=labels)
-    outside = pipeline("vp", sampler, LABELLED_MIXTURE,
-                       [{"type": "cfg", "scale": 5.0, "interval": [2.0, 3.0]}]).sample(64, seed=3, cond=labels)
+    half = pipeline("vp", sampler, LABELLED_MIXTURE,
+                    [{"type": "cfg", "scale": 5.0, "interval": [0.5, 1.0]}]).sample(64, seed=3, cond=labels)
     inside = pipeline("vp", sampler, LABELLED_MIXTURE,
                       [{"type": "cfg", "scale": 5.0, "interval": [0.0, 1.0]}]).sample(64, seed=3, cond=labels)
-    assert torch.equal(plain.x, outside.x)
-    assert outside.forward_passes == outside.nfe
+    assert half.nfe < half.forward_passes < 2 * half.nfe and not torch.allclose(plain.x, half.x)
     assert inside.forward_passes == 2 * inside.nfe and not torch.allclose(plain.x, inside.x)
+    with pytest.raises(CompatibilityError, match="would never act"):
+        pipeline("vp", sampler, LABELLED_MIXTURE, [{"type": "cfg", "scale": 5.0, "interval": [2.0, 3.0]}])
 
 
 # ---------------------------------------------------------------------------------------------

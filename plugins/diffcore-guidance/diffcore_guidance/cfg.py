@@ -56,6 +56,7 @@ class ClassifierFree(Guidance):
         self._null: int | None = None
 
     def check(self, model: ScoreModel, process: ForwardProcess, shape: tuple[int, ...]) -> None:
+        self.params.check_interval(self.name, process)
         if model.null_label is None:
             raise CompatibilityError(
                 f"guidance 'cfg' needs a class-conditional model, but model {describe(model)} is unconditional; "

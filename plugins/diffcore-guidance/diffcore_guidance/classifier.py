@@ -69,6 +69,7 @@ class ClassifierGuidance(Guidance):
         return [self.classifier]
 
     def check(self, model: ScoreModel, process: ForwardProcess, shape: tuple[int, ...]) -> None:
+        self.params.check_interval(self.name, process)
         check_compatible(self.classifier, process)
         self.classifier.bind(process)
         own = self.classifier.event_shape

@@ -71,6 +71,7 @@ class PosteriorSampling(Guidance):
 
 
     def check(self, model: ScoreModel, process: ForwardProcess, shape: tuple[int, ...]) -> None:
+        self.params.check_interval(self.name, process)
         if self.matrix is not None and self.matrix.shape[1] != math.prod(shape):
             raise CompatibilityError(f"guidance 'dps': the matrix {self.params.matrix} has {self.matrix.shape[1]} "
                                      f"columns but samples of shape {list(shape)} have {math.prod(shape)} values")
