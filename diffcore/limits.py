@@ -59,6 +59,11 @@ and mode weights within 0.045, at up to 16 times its conformance steps): all cor
 vp, subvp and ve; from -30 heun on its karras grid fails even at 400 steps (its rho = 7 grid leaves
 a handful of steps where the modes form); at -40 (ve ``sigma_max`` 2.4e17) every sampler returns
 NaN in float32, and at vp ``beta_max`` 1e4 ``alpha(T)`` underflows and six samplers divided by zero."""
+MAX_PRIOR_HALF_LOG_SNR = 0.0
+"""Largest half log-SNR ``lambda(T)``: at ``T`` a process must hold at least as much noise as signal
+(``alpha(T) <= sigma(T)``), or its prior, which samplers start from, is not its marginal there and the
+samples come out as (nearly) the prior's noise: vp with ``T = 1e-10`` (lambda 12.7) did that. Usual
+settings are below -2 (vp -5.0, ve with ``sigma_max`` 50 -3.9, the digits spec's vp -2.5)."""
 MAX_HALF_LOG_SNR = 20.0
 """Largest half log-SNR ``lambda(t_min)``: the least noise at ``t_min``. At the defaults: vp ``t_min``
 down to 4.25e-17, subvp 2.07e-8 (its ``sigma`` is ``B``, not ``sqrt(B)``), ve 2.5e-15. Usual settings

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from diffcore.component import Component, Params
 from diffcore.errors import CompatibilityError, SpecError
-from diffcore.limits import MAX_HALF_LOG_SNR, MIN_HALF_LOG_SNR
+from diffcore.limits import MAX_HALF_LOG_SNR, MAX_PRIOR_HALF_LOG_SNR, MIN_HALF_LOG_SNR
 from diffcore.messages import format_problems
 from diffcore.utils import bcast
 
@@ -275,6 +275,12 @@ def _problem(process: LinearGaussianProcess) -> str | None:
         problems.append(f"{_lambda_text('T', process.T, lam_T)}: {name} adds more noise than the samplers "
                         f"resolve in float32 (lambda(T) must be at least {MIN_HALF_LOG_SNR:g}); "
                         + _fixes(process, [process.noise_field, "T"], "T", MIN_HALF_LOG_SNR, up=False))
+    if math.isfinite(lam_T) and lam_T > MAX_PRIOR_HALF_LOG_SNR:
+        problems.append(f"{_lambda_text('T', process.T, lam_T)}: {name} keeps more signal than noise at T, so "
+                        "samplers, which start from its prior there, would return (nearly) the prior's noise "
+                        f"(lambda(T) must be at most {MAX_PRIOR_HALF_LOG_SNR:g}); "
+                        + _fixes(process, [process.noise_field, "T"], "T", MAX_PRIOR_HALF_LOG_SNR, up=True,
+                                 at_most=True))
     if lam_0 > MAX_HALF_LOG_SNR or (not math.isfinite(lam_0) and not too_noisy):
         problems.append(f"{_lambda_text('t_min', process.t_min, lam_0)}: {name} leaves less noise at t_min than "
                         f"the samplers resolve in float32 (lambda(t_min) must be at most {MAX_HALF_LOG_SNR:g}); "
@@ -290,7 +296,8 @@ def _lambda_text(where: str, t: float, lam: float) -> str:
     return f"the half log-SNR lambda = log(alpha / sigma) at {where} = {t:g} {value}"
 
 
-def _fixes(process: LinearGaussianProcess, fields: list[str | None], end: str, bound: float, *, up: bool) -> str:
+def _fixes(process: LinearGaussianProcess, fields: list[str | None], end: str, bound: float, *, up: bool,
+           at_most: bool | None = None) -> str:
     """``raise t_min to at least 4.25e-17 or raise beta_min to at least ...``: each of ``fields`` (the
     parameters of ``process`` that move ``lambda`` at ``end`` towards ``bound`` when raised, ``up``, or
     lowered) with its limit, the other parameters as given, where one exists."""
@@ -298,17 +305,19 @@ def _fixes(process: LinearGaussianProcess, fields: list[str | None], end: str, b
     names = [f for f in dict.fromkeys(fields) if f is not None and f in type(process.params).model_fields]
     texts = []
     for field in names:
-        limit = _field_limit(process, field, end, bound, up=up)
+        limit = _field_limit(process, field, end, bound, up=up, at_most=at_most)
         texts.append(f"{verb} {field}" + (f" to {side} {limit:.3g}" if limit is not None else ""))
     return " or ".join(texts)
 
 
-def _field_limit(process: LinearGaussianProcess, field: str, end: str, bound: float, *, up: bool) -> float | None:
+def _field_limit(process: LinearGaussianProcess, field: str, end: str, bound: float, *, up: bool,
+                 at_most: bool | None = None) -> float | None:
     """The value of ``field`` (a positive parameter) at which ``lambda`` at ``end`` (``"T"`` or
     ``"t_min"``) reaches ``bound`` when ``field`` is raised (``up``) or lowered, the other parameters
-    as given, rounded to 3 digits on the side within range. Found by stepping ``field`` by factors of
-    e^8, then of 2, until it is within range, then bisection in ``log(field)``; ``None`` when no
-    valid value within range exists."""
+    as given, rounded to 3 digits on the side within range; ``bound`` is an upper bound when
+    ``at_most`` (default: at ``t_min``) and a lower one otherwise (default: at ``T``). Found by
+    stepping ``field`` by factors of e^8, then of 2, until it is within range, then bisection in
+    ``log(field)``; ``None`` when no valid value within range exists."""
 
     def inside(log_value: float) -> bool:
         if not _LOG_FLOAT_MIN <= log_value <= _LOG_FLOAT_MAX:
@@ -321,7 +330,9 @@ def _field_limit(process: LinearGaussianProcess, field: str, end: str, bound: fl
         if params.t_min >= params.T:
             return False
         lam = half_log_snr_at(type(process)(params), params.t_min if end == "t_min" else params.T)
-        return math.isfinite(lam) and (lam <= bound if end == "t_min" else lam >= bound)
+        return math.isfinite(lam) and (lam <= bound if upper else lam >= bound)
+
+    upper = end == "t_min" if at_most is None else at_most
 
     start = math.log(getattr(process.params, field))
     for factor in (8.0, math.log(2.0)):  # coarse, then fine: a window narrower than e^8 is found too

@@ -93,3 +93,24 @@ def test_validation_and_binding() -> None:
         GaussianMixture(weights=[1.0], means=[[0.0]], variances=[[-1.0]])
     with pytest.raises(CompatibilityError, match="not bound"):
         GaussianMixture(weights=[1.0], means=[[0.0]], variances=[[1.0]])(torch.zeros(1, 1), torch.ones(1))
+
+
+@pytest.mark.parametrize(("field", "value"), [("means", 1e20), ("means", 1e6), ("variances", 1e30),
+                                              ("variances", 1e39)])
+def test_a_component_the_prior_never_reaches_is_refused(field: str, value: float) -> None:
+    """Means of 1e20 or variances of 1e30 (1e39: past float32) used to drop that component from the
+    samples silently: under vp its marginal at T lies thousands of prior standard deviations away.
+    The pipeline refuses it, naming the field; the same mixture under a ve process that does carry it
+    to the prior (sigma_max far above its spread) is accepted."""
+    mixture = {"weights": [0.5, 0.5], "means": [[0.0], [0.0]], "variances": [[1.0], [1.0]]}
+    mixture[field] = [[1.0 if field == "variances" else 0.0], [value]]
+    spec = {"process": {"type": "vp"}, "model": {"type": "gmm", **mixture}, "sampler": {"type": "ddim", "steps": 5}}
+    from diffcore import Pipeline
+
+    with pytest.raises(CompatibilityError, match=rf"model.{field}: component 1 reaches .* standard deviations "
+                       r"of the prior of process 'vp' at T \(the limit is 10\)"):
+        Pipeline.from_spec(spec)
+    if value == 1e6:
+        spec["process"] = {"type": "ve", "sigma_max": 1e7}
+        x = Pipeline.from_spec(spec).sample(400, seed=0).x
+        assert 0.4 < float((x > value / 2).float().mean()) < 0.6  # both components, in their weights

@@ -140,6 +140,18 @@ def test_too_little_noise_at_t_min_is_refused_with_the_smallest_allowed_value(na
     assert f"raise t_min to at least {limit:.3g}" in refusal(name, t_min=limit * 0.99)
 
 
+@pytest.mark.parametrize("name", PROCESSES)
+def test_too_little_noise_at_T_is_refused_with_the_smallest_allowed_T(name: str) -> None:
+    """``vp`` with ``t_min: 1e-12, T: 1e-10`` returned the prior's noise unchanged: at T its marginal is
+    still the data. The refusal names the smallest T, which is accepted, and 1% below it is refused."""
+    message = refusal(name, t_min=1e-12, T=1e-10)
+    assert "lambda(T) must be at most 0" in message and "samplers, which start from its prior" in message
+    limit = limit_in(message, "T")
+    process = get_registry().build("process", name, T=limit)
+    assert -0.02 < half_log_snr(process, process.T) <= 0.0
+    assert f"raise T to at least {limit:.3g}" in refusal(name, T=limit * 0.99)
+
+
 def test_the_limits_in_the_messages() -> None:
     """The limits at the defaults, as a user reads them (vp: T = 1, beta_min = 0.1)."""
     assert "lower beta_max to at most 79.8 or lower T to at most 0.893" in refusal("vp", beta_max=100.0)

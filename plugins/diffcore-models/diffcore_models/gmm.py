@@ -75,6 +75,33 @@ class GMMParams(Params):
         return self
 
 
+PRIOR_REACH = 10.0
+"""How many prior standard deviations a component's marginal at ``T`` may lie from the prior (its mean)
+or exceed it (its standard deviation) before the mixture is refused: samplers start from the prior,
+and a component beyond this reach gets none of the samples (``1e-23`` of them at 10)."""
+
+
+def check_prior_reach(means: Tensor, variances: Tensor, process: LinearGaussianProcess, name: str) -> None:
+    """Refuse a mixture that ``process`` does not carry to its prior by ``T``: a component mean
+    ``alpha(T) mu`` or standard deviation ``sqrt(alpha(T)^2 v + sigma(T)^2)`` beyond :data:`PRIOR_REACH`
+    prior standard deviations (the prior is the marginal at ``T`` of unit-variance data). Such a
+    component was silently dropped from the samples (a mean of 1e20, a variance of 1e30)."""
+    t = torch.tensor([process.T], dtype=torch.float64)
+    alpha, sigma = float(process.alpha(t)), float(process.sigma(t))
+    prior_std = math.sqrt(alpha**2 + sigma**2)
+    offset = (alpha * means.abs()).amax(1) / prior_std  # (K,)
+    spread = torch.sqrt(alpha**2 * variances + sigma**2).amax(1) / prior_std
+    for field, ratio in (("means", offset), ("variances", spread)):
+        k = int(torch.argmax(ratio))
+        if not bool(torch.isfinite(ratio[k])) or float(ratio[k]) > PRIOR_REACH:
+            raise CompatibilityError(
+                f"model.{field}: component {k} reaches {float(ratio[k]):.3g} standard deviations of the prior of "
+                f"process {name!r} at T (the limit is {PRIOR_REACH:g}), so samplers starting from the prior would "
+                "never produce it and the samples would silently lack it; scale the data to about unit size "
+                "(a data set's `scale`), or use a process that adds more noise (ve with a sigma_max above the "
+                "data's spread)")
+
+
 class GaussianMixture(ScoreModel):
     """The exact score of a Gaussian mixture under any linear-Gaussian process: ground truth for testing samplers,
     objectives and likelihoods; with ``labels``, a class-conditional mixture for guidance.
@@ -121,7 +148,8 @@ class GaussianMixture(ScoreModel):
         return self.num_classes
 
     def bind(self, process: ForwardProcess) -> None:
-        self._process = require_linear_gaussian(process, f"the {self.name} {type(self).__name__}")
+        self._process = lg = require_linear_gaussian(process, f"the {self.name} {type(self).__name__}")
+        check_prior_reach(self.means, self.variances, lg, process.name)
 
     def _marginal_terms(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``diff = x - alpha mu_k`` and ``var = alpha^2 v_k + sigma^2``, both ``(B, K, D)``, and the
