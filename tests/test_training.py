@@ -175,3 +175,24 @@ def test_learning_rate_schedule(decay: str) -> None:
     assert used == pytest.approx(expected, rel=1e-12, abs=0)
     if decay == "cosine":
         assert used[warmup - 1] == peak and 0 < used[-1] < 0.01 * peak
+
+
+def test_setup_seeds_numpy_and_python_from_train_seed() -> None:
+    """The numpy and Python random states a checkpoint saves come from ``train.seed``: two setups of
+    one spec agree whatever the process drew before (they used to keep the process's own states)."""
+    import random
+
+    import numpy as np
+
+    from diffcore.training.setup import setup_training
+
+    spec = Path(__file__).resolve().parents[1] / "examples" / "train_moons.yaml"
+    states = []
+    for noise in (1, 2):
+        np.random.seed(noise)
+        random.seed(noise)
+        setup_training(str(spec), device="cpu", overrides=["train.steps=1", "train.seed=7"])
+        states.append((np.random.get_state()[1].tolist(), random.getstate(), torch.initial_seed()))
+    assert states[0] == states[1] and states[0][2] == 7
+    setup_training(str(spec), device="cpu", overrides=["train.steps=1", "train.seed=8"])
+    assert np.random.get_state()[1].tolist() != states[0][0] and random.getstate() != states[0][1]

@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -59,6 +61,15 @@ class TrainingSetup:
     trainer: Trainer[Any]
 
 
+def seed_global_generators(seed: int) -> None:
+    """Seed torch's, numpy's and Python's global generators from ``train.seed`` (``0 <= seed < 2**64``):
+    the model's initial weights, and the states every checkpoint saves, are then the same in two runs
+    of one spec (numpy's and Python's used to keep whatever the process started with)."""
+    torch.manual_seed(seed)
+    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+    random.seed(seed)
+
+
 def setup_training(spec: str | Path | Mapping[str, Any] | PipelineSpecBase, *,
                    device: torch.device | str | None = None, world: World | None = None,
                    dataset: Dataset | None = None, registry: Registry | None = None,
@@ -87,7 +98,7 @@ def setup_training(spec: str | Path | Mapping[str, Any] | PipelineSpecBase, *,
             raise UsageError(f"{source or '<spec>'}: training needs `{field}` in the spec; see `diffcore list` "
                              "for objectives and datasets, and docs/user-guide.md for `train`")
     target = world.device if world is not None else resolve_device(device)
-    torch.manual_seed(spec.train.seed)  # type: ignore[attr-defined]  # the model's initial weights
+    seed_global_generators(spec.train.seed)  # type: ignore[attr-defined]  # the model's initial weights
     if is_classifier_spec(spec):
         return _setup_classifier(spec, registry, target, world, dataset, source or "<spec>")
     pipe = Pipeline.from_spec(spec, registry=registry)
