@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import multiprocessing as mp
 import os
 import resource
@@ -439,6 +440,91 @@ def test_fuzz_latents(worker: Worker, tmp_path: Path, profile: settings) -> None
         if code == 0:
             check_sample_output(box, "x.npy", out)
             assert np.load(box / "z.npy").shape == (num, 2)
+
+    case()
+
+
+CONDITIONED_SPECS = {
+    "plain.json": BASE_SPECS[0],
+    "cfg.json": {**BASE_SPECS[3], "model": {**BASE_SPECS[3]["model"], "labels": [0, 1]},
+                 "guidance": [{"type": "cfg", "scale": 2.0}]},
+    "inpaint.json": {**BASE_SPECS[3], "guidance": [{"type": "inpaint"}]},
+    "dps.json": {**BASE_SPECS[3], "guidance": [{"type": "dps", "scale": 0.1, "noise_std": 0.5}]},
+}
+"""Specs whose pipelines read no condition, labels, or a mask and observed values."""
+
+condition_options = st.lists(st.sampled_from(["--label", "--labels", "--mask", "--observed"]), max_size=3, unique=True)
+compare_options = st.lists(st.one_of(
+    st.tuples(st.just("--samplers"), st.one_of(st.sampled_from(["ddim", "heun,ddim", "pc", "nope", ",", "ddim,ddim",
+                                                                 "probability_flow", "langevin"]),
+                                                st.text(max_size=10))),
+    st.tuples(st.just("--budgets"), st.one_of(st.sampled_from(["1", "2,3", "0", "-1", "5,5", "1e3", "1000001", ""]),
+                                               st.text(max_size=8))),
+    st.tuples(st.just("--num"), st.sampled_from(["0", "1", "2", "7", "-3", "x", "2147483649"])),
+    st.tuples(st.just("--seed"), st.sampled_from(["0", "-1", str(2**64), "1.5"])),
+    st.tuples(st.just("--set"), st.tuples(override_paths, override_values).map("=".join))), max_size=3)
+
+
+@st.composite
+def plausible_npy(draw: st.DrawFn, kind: str) -> bytes:
+    """A ``.npy`` of about the right shape and dtype for ``kind`` (``labels``, ``mask``, ``observed`` or
+    ``data``), with hostile values: labels out of range, masks of 2, huge, tiny or non-finite floats."""
+    rows = draw(st.sampled_from([3, 3, 2, 1]))
+    if kind == "labels":
+        array = np.array(draw(st.lists(st.sampled_from([0, 1, 2, -1, 2**40]), min_size=rows, max_size=rows)))
+    elif kind == "mask":
+        shape = draw(st.sampled_from([(rows, 2), (2,), (rows, 3)]))
+        array = np.array(draw(st.lists(st.sampled_from([0, 1, 1, 2]), min_size=math.prod(shape),
+                                       max_size=math.prod(shape)))).reshape(shape).astype(draw(st.sampled_from(
+                                           [bool, np.int64, np.float32])))
+    else:
+        shape = draw(st.sampled_from([(rows, 2), (2,), (rows, 2, 1)]))
+        values = st.one_of(st.floats(-5, 5), st.sampled_from([1e10, -1e30, 3e38, 1e-40, float("nan"), float("inf")]))
+        array = np.array(draw(st.lists(values, min_size=math.prod(shape), max_size=math.prod(shape))),
+                         dtype=np.float32).reshape(shape)
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_fuzz_conditions_likelihood_and_compare(worker: Worker, tmp_path: Path, profile: settings) -> None:
+    """The newer surfaces: ``sample`` with labels, masks and observed values (hostile ``.npy`` files or
+    ones nothing reads), ``likelihood`` of hostile data, and ``compare`` with hostile options."""
+
+    files = st.one_of(npy_files().map(lambda data: {k: data for k in ("labels", "mask", "observed", "data")}),
+                      st.fixed_dictionaries({k: plausible_npy(k) for k in ("labels", "mask", "observed", "data")}))
+
+    @profile
+    @given(st.sampled_from(sorted(CONDITIONED_SPECS)), st.sampled_from(["sample", "likelihood", "compare"]),
+           condition_options, files, compare_options, st.sampled_from(["1", "-1", "99", "x"]))
+    def case(name: str, command: str, conditions: list[str], data: dict[str, bytes], options: list[tuple[str, str]],
+             label: str) -> None:
+        box = sandbox(tmp_path)
+        (box / name).write_text(json.dumps(CONDITIONED_SPECS[name]))
+        for kind, content in data.items():
+            (box / f"{kind}.npy").write_bytes(content)
+        if command == "sample":
+            extra = [a for option in conditions
+                     for a in (option, label if option == "--label" else f"{option.removeprefix('--')}.npy")]
+            code, out = check_case(worker, box, ["sample", name, "--num", "3", "--out", "x.npy", "--json", *extra],
+                                   outputs=("x.npy",))
+            if code == 0:
+                check_sample_output(box, "x.npy", out)
+        elif command == "likelihood":
+            extra = ["--labels", "labels.npy"] if "--labels" in conditions else []
+            code, out = check_case(worker, box, ["likelihood", name, "--data", "data.npy", "--out", "ll.npy", "--json",
+                                                 *extra], outputs=("ll.npy",))
+            if code == 0:
+                summary, ll = json.loads(out), np.load(box / "ll.npy", allow_pickle=False)
+                assert ll.shape == (summary["num"],) and np.isfinite(ll).all()
+        else:
+            args = [a for option in options for a in option]
+            code, out = check_case(worker, box, ["compare", name, "--json", "--num", "20", "--budgets", "3",
+                                                 "--samplers", "ddim", *args], outputs=())
+            if code == 0:
+                result = json.loads(out)
+                assert any(row["nfe"] is not None for row in result["rows"])
 
     case()
 
