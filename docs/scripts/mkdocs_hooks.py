@@ -1,9 +1,14 @@
-"""mkdocs hooks: generate the spec and CLI references from the live code at build time.
+"""mkdocs hooks: generate the spec and CLI references from the live code at build time, and serve
+the maths renderer from the site itself.
 
 ``docs/reference/spec.md`` and ``docs/reference/cli.md`` hold a marker line (``<!-- generated: spec -->``,
 ``<!-- generated: cli -->``) that :func:`on_page_markdown` replaces with Markdown built from
 ``diffcore.spec.json_schema()`` (the registry as installed: third-party components included) and
 ``diffcore.cli.build_parser()``. Nothing generated is committed, so the pages cannot go stale.
+
+MathJax 3 (the files of PyPI's ``django-static-mathjax``, MathJax's own build repackaged; the
+``docs`` extra installs it) is copied into ``assets/mathjax/`` by :func:`on_files`, so formulas render
+with no network: a CDN script left every formula as raw TeX offline.
 
 Run ``python docs/scripts/mkdocs_hooks.py spec|cli`` to print a page's generated part.
 """
@@ -14,6 +19,8 @@ import argparse
 import json
 import re
 import sys
+from importlib import util
+from pathlib import Path
 from typing import Any
 
 MARKER = re.compile(r"^<!-- generated: (\w+) -->$", re.MULTILINE)
@@ -245,6 +252,29 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         return GENERATORS[name]()
 
     return MARKER.sub(generate, markdown)
+
+
+MATHJAX_DEST = "assets/mathjax"
+"""Where the site serves MathJax (``mkdocs.yml``'s ``extra_javascript`` names its script there)."""
+
+
+def mathjax_files() -> list[tuple[Path, str]]:
+    """``(installed file, path within the site)`` of MathJax's CommonHTML component and its fonts."""
+    spec = util.find_spec("mathjax")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the docs need MathJax from the package django-static-mathjax: pip install -e .[docs]")
+    es5 = Path(spec.origin).parent / "static" / "mathjax" / "es5"
+    chosen = [es5 / "tex-mml-chtml.js", *sorted((es5 / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))]
+    return [(path, f"{MATHJAX_DEST}/{path.relative_to(es5).as_posix()}") for path in chosen]
+
+
+def on_files(files: Any, config: Any) -> Any:
+    """Add MathJax's files to the site (:func:`mathjax_files`)."""
+    from mkdocs.structure.files import File
+
+    for path, dest in mathjax_files():
+        files.append(File.generated(config, dest, abs_src_path=str(path)))
+    return files
 
 
 if __name__ == "__main__":
