@@ -36,8 +36,12 @@ SCRIPT = """
 ip link set lo up
 {python} -m http.server --bind 127.0.0.1 -d {site} {port} >/dev/null 2>&1 &
 server=$!
-for _ in $(seq 50); do {python} -c "import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/')" 2>/dev/null && break; sleep 0.1; done
-{python} -c "import urllib.request as u; u.urlopen('https://pypi.org', timeout=3)" 2>/dev/null && echo NETWORK-REACHABLE
+for _ in $(seq 50); do
+  {python} -c "import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/')" 2>/dev/null && break
+  sleep 0.1
+done
+{python} -c "import urllib.request as u; u.urlopen('https://pypi.org', timeout=3)" 2>/dev/null \
+  && echo NETWORK-REACHABLE
 "{chromium}" {flags} --user-data-dir={profile} --screenshot={png} "http://127.0.0.1:{port}/{page}" >/dev/null 2>&1
 "{chromium}" {flags} --user-data-dir={profile} --dump-dom "http://127.0.0.1:{port}/{page}" 2>/dev/null
 kill $server
