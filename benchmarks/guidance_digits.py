@@ -253,7 +253,6 @@ def figure(path: Path, sweeps: dict[str, tuple[list[Row], dict[float, Tensor], s
         s = [r.strength for r in rows]
         ax = axes[i][0]
         ax.plot(s, [100 * r.accuracy for r in rows], "o-", label=method)
-        ax.axhline(100 * ACCURACY_TARGET, color="g", ls="--", lw=1, label="target 99.5%")
         ax.axhline(100 * real_accuracy, color="gray", ls=":", lw=1, label=f"real held-out {100 * real_accuracy:.1f}%")
         ax.set_xlabel(symbol)
         ax.set_ylabel("logistic regression gives the label (%)")
@@ -261,7 +260,6 @@ def figure(path: Path, sweeps: dict[str, tuple[list[Row], dict[float, Tensor], s
         ax.legend(fontsize=8)
         ax = axes[i][1]
         ax.plot(s, [r.frechet for r in rows], "o-", color="C1", label=method)
-        ax.axhline(FRECHET_TARGET, color="g", ls="--", lw=1, label="target 0.45")
         ax.axhline(floor, color="gray", ls=":", lw=1, label=f"floor (real) {floor:.3f}")
         ax.set_xlabel(symbol)
         ax.set_ylabel("Frechet distance to held-out digits")
