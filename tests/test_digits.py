@@ -66,8 +66,9 @@ def test_digits_train_and_sample(tmp_path: Path) -> None:
     assert len(grids) == 2 and grids[-1].read_bytes().startswith(PNG_SIGNATURE)
 
 
-FRECHET_TRAINED = 1.0
-"""Bound on the Frechet distance of :data:`NUM` samples after :data:`STEPS` steps."""
+FRECHET_TRAINED = 0.9
+"""Bound on the Frechet distance of :data:`NUM` samples to the held-out digits after :data:`STEPS`
+steps (measured 0.702; the floor, 300 real training digits, 0.604; the untrained network 1.8e4)."""
 
 
 @pytest.mark.slow
@@ -79,18 +80,23 @@ def test_cfg_digits_guidance_raises_accuracy(tmp_path: Path) -> None:
     assert code == 0, stderr
     ref = DigitsReference.load()
     labels = torch.arange(10).repeat_interleave(20)
-    accuracy = {}
+    accuracy, frechet = {}, {}
     for w in (0.0, 2.0):
         pipe, _, _ = load_for_sampling(run, overrides=[f"guidance=[{{type: cfg, scale: {w}}}]", "sampler.steps=50"])
         result = pipe.sample(labels.shape[0], seed=0, cond=Condition(labels=labels))
         assert result.forward_passes == (1 if w == 0 else 2) * result.nfe
-        accuracy[w] = ref.accuracy(result.x, labels)
-    print(f"accuracy after {STEPS} steps: w = 0 {accuracy[0.0]:.3f}, w = 2 {accuracy[2.0]:.3f}")
-    assert accuracy[0.0] >= ACCURACY_W0
-    assert accuracy[2.0] >= accuracy[0.0] + GAIN
+        accuracy[w], frechet[w] = ref.accuracy(result.x, labels), ref.frechet(result.x)
+    print(f"after {STEPS} steps: w = 0 accuracy {accuracy[0.0]:.3f}, Frechet distance {frechet[0.0]:.3f}; "
+          f"w = 2 accuracy {accuracy[2.0]:.3f}, Frechet distance {frechet[2.0]:.3f}")
+    assert accuracy[0.0] >= ACCURACY_W0 and accuracy[2.0] >= ACCURACY_W2
+    assert frechet[2.0] >= frechet[0.0] + DIVERSITY_COST
 
 
-ACCURACY_W0 = 0.3
-"""Bound on the accuracy at w = 0 after :data:`STEPS` steps (chance: 0.1)."""
-GAIN = 0.1
-"""Guidance at w = 2 must raise the accuracy by at least this."""
+ACCURACY_W0 = 0.8
+"""Bound on the accuracy at w = 0, the conditional model alone, after :data:`STEPS` steps (measured
+0.930; chance 0.1)."""
+ACCURACY_W2 = 0.97
+"""Bound on the accuracy at w = 2 (measured 1.000)."""
+DIVERSITY_COST = 0.4
+"""At w = 2 the Frechet distance must exceed w = 0's by at least this: guidance that acts concentrates
+each class on its prototypes (measured 1.278: 1.225 at w = 0, 2.503 at w = 2)."""
