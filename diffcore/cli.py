@@ -454,11 +454,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         guided = f", guidance {', '.join(summary['guidance'])}" if summary["guidance"] else ""
         print(f"wrote {args.num} samples of shape {tuple(pipe.shape)} to {args.out} (sampler {pipe.sampler.name}"
               f"{guided}, NFE {summary['nfe']}, {summary['forward_passes']} network passes per sample, "
-              f"{summary['seconds']:.2f} s on {world.size} x {world.device})")
+              f"{summary['seconds']:.2f} s on {world.size} x {world.device}, {summary['threads']} thread(s))")
     return 0
 
 
 def cmd_likelihood(args: argparse.Namespace) -> int:
+    import torch
+
     from diffcore.devices import resolve_device
     from diffcore.distributed import process_group
     from diffcore.inputs import output_file
@@ -480,7 +482,8 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     if args.out is not None:
         save_log_prob(args.out, result.log_prob)
     summary = {**({"out": str(args.out)} if args.out is not None else {}), "data": str(args.data),
-               **result.summary(), "processes": world.size, "device": str(world.device)}
+               **result.summary(), "processes": world.size, "device": str(world.device),
+               "threads": torch.get_num_threads()}
     if args.json:
         print(json.dumps(summary))
     else:

@@ -211,6 +211,7 @@ def sample_to_file(pipe: Pipeline, out: Path, num: int, *, seed: int = 0, batch_
         "nfe": max(nfes), "nfe_total": sum(nfes),
         "forward_passes": max(passes), "chunks": len(nfes),
         "batch_size": batch_size or default_batch_size(num, tuple(pipe.shape), world), "device": str(world.device),
+        "threads": torch.get_num_threads(),
         "processes": world.size, "range": "model" if scaling is None else "raw",
         "seconds": round(seconds, 4), "samples_per_second": round(num / seconds, 2),
     }

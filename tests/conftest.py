@@ -28,6 +28,7 @@ TEST_THREADS = 1
 torch's default of one thread per core, small batches ran up to 100 times slower when another
 process kept a core busy (diffcore.threads)."""
 os.environ[THREADS_ENV] = str(TEST_THREADS)
+os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)  # torch in every subprocess (torchrun ranks, nested pytest)
 torch.set_num_threads(TEST_THREADS)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +170,7 @@ def run_cli(*args: str, extra_paths: list[Path] = (), env: dict[str, str] | None
     """Run ``python -m diffcore ARGS`` in a subprocess with extra ``PYTHONPATH`` entries, loading the
     standard plugins and those of the ``extra_paths`` distributions (``env`` may say otherwise)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFCORE_")}
-    full_env[THREADS_ENV] = str(TEST_THREADS)
+    full_env[THREADS_ENV] = full_env["OMP_NUM_THREADS"] = str(TEST_THREADS)
     full_env[LOAD_ENV] = ",".join(STANDARD_PLUGINS + plugins_in(*extra_paths))
     paths = [str(p) for p in extra_paths] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else [])
     if paths:

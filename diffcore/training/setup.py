@@ -318,5 +318,6 @@ def run_training(setup: TrainingSetup, out: Path, *, resume: Path | None = None,
     return {"out": str(out), "steps": trainer.step, "seconds": round(seconds, 3),
             "first_loss": trainer.losses[0] if trainer.losses else None,
             "final_loss": sum(tail) / len(tail) if tail else None, "skipped_steps": trainer.skipped,
-            "device": str(world.device), "processes": world.size}
+            "device": str(world.device), "processes": world.size,
+            "threads": torch.get_num_threads()}
 
