@@ -24,11 +24,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from diffcore.commands import bounded_int
+from diffcore.commands import bounded_int, threads_argument
 from diffcore.entry_points import DEBUG_ENV
 from diffcore.errors import DiffcoreError, UsageError
 from diffcore.limits import MAX_CLASSES, MAX_SAMPLES, MAX_STEPS
-from diffcore.threads import THREADS_ENV, parse_threads
+from diffcore.threads import THREADS_ENV
 
 EXIT_USAGE = 2
 
@@ -324,19 +324,10 @@ def _budgets(text: str) -> list[int]:
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=_threads, metavar="N|auto",
+    p.add_argument("--threads", type=threads_argument, metavar="N|auto",
                    help=f"CPU threads of torch: a number, or auto (the default, or ${THREADS_ENV}): the cores other "
                    "processes leave idle when the command starts, at most torch's own setting (one per core); on a "
                    "busy machine more threads than idle cores can make a command tens of times slower")
-
-
-def _threads(text: str) -> int | str:
-    try:
-        value = parse_threads(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    assert value is not None
-    return value
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:

@@ -29,7 +29,8 @@ from diffcore.entry_points import (
     strict_from_env,
     wanted_plugins,
 )
-from diffcore.errors import PluginError
+from diffcore.errors import PluginError, UsageError
+from diffcore.threads import parse_threads
 
 ENTRY_POINT_GROUP = COMMAND_GROUP
 
@@ -98,6 +99,17 @@ def add_commands(subparsers: Subparsers[argparse.ArgumentParser], plugin: object
         return info
     info.commands = [name for name in subparsers.choices if name not in before]
     return info
+
+
+def threads_argument(text: str) -> int | str:
+    """argparse ``type`` of ``--threads``: a count from 1 to 1024 or ``auto`` (:mod:`diffcore.threads`),
+    for the built-in commands and command plugins alike."""
+    try:
+        value = parse_threads(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert value is not None
+    return value
 
 
 def bounded_int(low: int, high: int) -> Callable[[str], int]:

@@ -22,7 +22,6 @@ from typing import Any, Literal, TypeVar
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor
-from torchdiffeq import odeint
 
 from diffcore.component import Params
 from diffcore.errors import StepLimitError, UsageError
@@ -146,6 +145,8 @@ def integrate(velocity: Callable[[Tensor, State], State], state: State, t_start:
     may be undefined). Adaptive methods pick one step size for the whole state, so rows of a batch
     are coupled within the tolerance; fixed methods treat rows independently, bit for bit.
     """
+    from torchdiffeq import odeint  # here: importing it imports scipy (0.6 s), which most commands never need
+
     p = options or SolverParams()
     if t_start == t_end:
         raise UsageError(f"an ODE solve needs t_start != t_end; both are {t_start}")

@@ -127,7 +127,7 @@ def test_demo_refuses_unknown_and_non_2d_data(tmp_path: Path) -> None:
     (["--num", "1"], "argument --num: 1 is out of range: use 2 to 100000"),
     (["--num", "10000000"], "argument --num: 10000000 is out of range"),
     (["--seed", "-1"], "argument --seed: -1 is out of range"),
-    (["--threads", "0"], "argument --threads: 0 is out of range: use 1 to 1024"),
+    (["--threads", "0"], "argument --threads: threads must be from 1 to 1024 or 'auto', got 0"),
     (["--set", "train.lr=-1"], "`train.lr`"),
     (["--set", "model.hiden=64"], "did you mean 'hidden'"),
 ])

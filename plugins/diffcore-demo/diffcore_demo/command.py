@@ -10,17 +10,13 @@ import argparse
 from pathlib import Path
 
 from diffcore import hookimpl
-from diffcore.commands import bounded_int
+from diffcore.commands import bounded_int, threads_argument
 from diffcore.limits import MAX_STEPS
 
 DEFAULT_NUM = 5000
 """Samples drawn with each sampler."""
 MAX_DEMO_SAMPLES = 100_000
 """Most samples per sampler: the energy distance costs O(num^2)."""
-
-DEFAULT_THREADS = 1
-"""CPU threads of torch during the demo. Measured on 2 shared cores under load: a training step took
-16 ms with one thread and 890 ms with two (the threads wait on each other), so one is the default."""
 
 SPEC_STEPS = "{spec_steps}"
 """Placeholder of ``--steps``'s help for the demo spec's ``train.steps``, filled in by
@@ -48,9 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=bounded_int(0, 2**63 - 1), default=0,
                         help="seed of training and sampling (default 0)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--threads", type=bounded_int(1, 1024), default=DEFAULT_THREADS,
-                        help=f"CPU threads of torch (default {DEFAULT_THREADS}: the small MLP gains little from "
-                        "more, and multi-threaded torch slows down many times on busy cores)")
+    parser.add_argument("--threads", type=threads_argument, metavar="N|auto",
+                        help="CPU threads of torch: a number, or auto (the default, as for every command: the "
+                        "cores other processes leave idle, at most torch's own setting)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                         help="override a value of the demo spec, e.g. --set model.hidden=256 (repeatable)")
 

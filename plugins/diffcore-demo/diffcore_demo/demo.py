@@ -39,6 +39,7 @@ from diffcore.model import ScoreModel
 from diffcore.pipeline import Pipeline
 from diffcore.registry import get_registry
 from diffcore.spec import PipelineSpecBase, apply_overrides, read_spec, validate_spec
+from diffcore.threads import cpu_threads
 from diffcore.training import Trainer
 from diffcore.training.setup import TrainingSetup, setup_training
 from diffcore.utils import atomic_write, progress_bar
@@ -209,15 +210,11 @@ def training_progress(total: int) -> Callable[[int, float], None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo with ``--threads`` torch threads (restored afterwards); prints the report and
-    returns 0."""
+    """Run the demo (on the ``--threads`` that ``diffcore``'s entry point applies to every command);
+    prints the report and returns 0."""
     check_arguments(args)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with cpu_threads(args.threads):  # the entry point's choice when it made one (nested calls keep it)
         return run_demo(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -311,7 +308,7 @@ def run_demo(args: argparse.Namespace) -> int:
     plots.save_loss_curve(trainer.losses, files["loss_png"], title=f"training loss ({data_type}, {obj_type})")
     tail = trainer.losses[-min(100, len(trainer.losses)):]
     report: dict[str, Any] = {
-        "data": data_type, "device": str(device), "seed": args.seed, "threads": args.threads,
+        "data": data_type, "device": str(device), "seed": args.seed, "threads": torch.get_num_threads(),
         "train": {"steps": trainer.step, "seconds": round(train_seconds, 3), "first_loss": trainer.losses[0],
                   "final_loss": sum(tail) / len(tail), "final_loss_window": len(tail),
                   "train_points": int(setup.x_train.shape[0])},
