@@ -28,7 +28,7 @@ from diffcore.commands import bounded_int, threads_argument
 from diffcore.entry_points import DEBUG_ENV
 from diffcore.errors import DiffcoreError, UsageError
 from diffcore.limits import MAX_CLASSES, MAX_SAMPLES, MAX_STEPS
-from diffcore.threads import THREADS_ENV
+from diffcore.threads import THREADS_ENV, cpu_threads
 
 EXIT_USAGE = 2
 
@@ -60,9 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "threads"):
             result: int = args.func(args)
             return result
-        from diffcore.threads import cpu_threads  # imports torch
-
-        with cpu_threads(args.threads):
+        with cpu_threads(args.threads):  # torch is imported here, after parsing
             result = args.func(args)
         return result
     except DiffcoreError as exc:
