@@ -25,8 +25,8 @@ from diffcore.threads import THREADS_ENV
 TEST_THREADS = 1
 """The suite's CPU threads per test process, in this process (torch) and in every command it starts
 (``DIFFCORE_THREADS``): one, so that no test's time depends on what else the machine runs. With
-torch's default of one thread per core, small batches ran up to 100 times slower when another
-process kept a core busy (diffcore.threads)."""
+torch's default of one thread per core, one test took 383 s instead of 3.9 s while another process
+kept a core busy (diffcore.threads)."""
 os.environ[THREADS_ENV] = str(TEST_THREADS)
 os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)  # torch in every subprocess (torchrun ranks, nested pytest)
 torch.set_num_threads(TEST_THREADS)
@@ -64,7 +64,10 @@ def load_plugins(monkeypatch: pytest.MonkeyPatch, *sites: Path) -> None:
     for site in sites:
         monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv(LOAD_ENV, ",".join(STANDARD_PLUGINS + plugins_in(*sites)))
+
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
 
 class DoubleWell(ForwardProcess):
     """dx = (x - x^3) dt + dw: a process that is not linear-Gaussian."""
