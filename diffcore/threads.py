@@ -151,12 +151,6 @@ def auto_threads(ceiling: int | None = None, *, fresh: bool = False) -> int:
     return max(1, min(ceiling, math.floor(idle + 0.5)))
 
 
-def resolve(threads: Threads = None, ceiling: int | None = None) -> int:
-    """The number of threads a request means now (``auto`` measures; see :func:`auto_threads`)."""
-    request = requested(threads)
-    return auto_threads(ceiling) if request == "auto" else request
-
-
 @contextlib.contextmanager
 def cpu_threads(threads: Threads = None) -> Iterator[int]:
     """Run the block with torch on the threads ``threads`` asks for, restoring torch's setting after.
@@ -169,11 +163,12 @@ def cpu_threads(threads: Threads = None) -> Iterator[int]:
         yield _torch_threads()
         return
     before = _torch_threads()
-    count = resolve(threads)
+    request = requested(threads)
+    count = auto_threads(before) if request == "auto" else request
     if count != before:
         _set_torch_threads(count)
     saved = (depth, getattr(_state, "ceiling", before), getattr(_state, "auto", False))
-    _state.depth, _state.ceiling, _state.auto = depth + 1, before, requested(threads) == "auto"
+    _state.depth, _state.ceiling, _state.auto = depth + 1, before, request == "auto"
     try:
         yield count
     finally:

@@ -32,8 +32,7 @@ from diffcore.model import ScoreModel
 from diffcore.noise import BatchNoise, NoiseSource
 from diffcore.objective import Objective
 from diffcore.process import ForwardProcess
-from diffcore.threads import Recheck, Threads, cpu_threads
-from diffcore.threads import requested as requested_threads
+from diffcore.threads import Recheck, Threads, cpu_threads, requested
 from diffcore.training.checkpoint import (
     check_tensors,
     latest_checkpoint,
@@ -124,7 +123,7 @@ class Trainer(Generic[Network]):
         self.spec = spec if spec is not None else components_spec(model, objective, process, cfg)
         self.metadata = metadata or {}  # saved with every checkpoint (JSON values), e.g. the data scaling
         self.threads = threads  # torch's CPU threads while training (diffcore.threads); checked now, used by run
-        requested_threads(threads)
+        requested(threads)
         self.world = world or current_world(data.device)
         if cfg.batch_size % self.world.size:
             raise UsageError(f"train.batch_size {cfg.batch_size} is not divisible by the {self.world.size} "

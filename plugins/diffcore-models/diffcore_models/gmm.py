@@ -88,7 +88,7 @@ def check_prior_reach(means: Tensor, variances: Tensor, process: LinearGaussianP
     component was silently dropped from the samples (a mean of 1e20, a variance of 1e30)."""
     t = torch.tensor([process.T], dtype=torch.float64)
     alpha, sigma = float(process.alpha(t)), float(process.sigma(t))
-    prior_std = math.sqrt(alpha**2 + sigma**2)
+    prior_std = process.prior_std()
     offset = (alpha * means.abs()).amax(1) / prior_std  # (K,)
     spread = torch.sqrt(alpha**2 * variances + sigma**2).amax(1) / prior_std
     for field, ratio in (("means", offset), ("variances", spread)):
